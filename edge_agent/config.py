@@ -1,0 +1,164 @@
+"""Typed agent configuration read from TOML; every field described, every error reported with its key path."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# Wang et al. (2024), quoted in the paper (Sec. II) and used by its code.
+SYNTHESIS_SYSTEM_PROMPT = (
+    "You have been provided with a set of responses from various open-source models to the latest user query. "
+    "Your task is to synthesize these responses into a single, high-quality response. It is crucial to critically "
+    "evaluate the information provided in these responses, recognizing that some of it may be biased or incorrect. "
+    "Your response should not simply replicate the given answers but should offer a refined, accurate, and "
+    "comprehensive reply to the instruction. Ensure your response is well-structured, coherent, and adheres to the "
+    "highest standards of accuracy and reliability. Do not add any additional comments about how you created these "
+    "responses. Just synthesize these responses as instructed."
+)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(Section):
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="This agent's id, unique in the mesh.")
+    state_dir: Path = Field(Path("./state"), description="Where the journal (sqlite) lives.")
+    heartbeat_s: float = Field(2.0, gt=0, description="Seconds between retained status messages.")
+    peer_timeout_s: float = Field(10.0, gt=0, description="A peer not heard from for this long is not alive.")
+
+
+class MqttSection(Section):
+    host: str = Field("127.0.0.1", description="The board's own broker.")
+    port: int = Field(1883, ge=1, le=65535)
+    protocol: Literal["v5", "v311"] = Field("v5", description="MQTT version; v311 for brokers such as amqtt.")
+    topic_root: str = Field("moa/v1", pattern=r"^[^#+]+$", description="Prefix of every edge-moa topic.")
+    keepalive_s: int = Field(15, ge=5, description="MQTT keepalive; the will fires after 1.5x this.")
+    qos: Literal[0, 1] = Field(1, description="QoS of agent-to-agent messages and answers.")
+    username: str | None = Field(None, description="Broker user name (the device id when provisioned).")
+    password_file: Path | None = Field(None, description="File holding the broker password (systemd credential).")
+    tls_ca_file: Path | None = Field(None, description="CA certificate; setting it turns TLS on.")
+    tls_cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    tls_key_file: Path | None = Field(None, description="Client key for mutual TLS.")
+    reconnect_max_s: float = Field(10.0, gt=0, description="Upper bound of the reconnect back-off.")
+
+
+class MoaSection(Section):
+    layers: int = Field(1, ge=0, description="Default M: MoA layers per prompt.")
+    proposers: int = Field(2, ge=0, description="Default k: extra proposers (peers) per layer.")
+    max_layers: int = Field(3, ge=0, description="Largest M a request may ask for.")
+    max_proposers: int = Field(4, ge=0, description="Largest k a request may ask for.")
+    max_new_tokens: int = Field(128, ge=1, description="Default generation budget per inference.")
+    max_new_tokens_limit: int = Field(512, ge=1, description="Largest max_new_tokens a request may ask for.")
+    temperature: float = Field(0.7, ge=0, le=2, description="Default sampling temperature (0 = greedy).")
+    system_prompt: str = Field(SYNTHESIS_SYSTEM_PROMPT, min_length=1, description="Synthesis system prompt.")
+    ack_timeout_s: float = Field(3.0, gt=0, description="A peer that does not acknowledge a task in time is skipped.")
+    task_grace_s: float = Field(15.0, gt=0, description="Slack added to a peer's own estimate of its finish time.")
+    request_timeout_s: float = Field(900.0, gt=0, description="A prompt not answered by then gets a timeout error.")
+    max_redispatch: int = Field(2, ge=0, description="How often one proposer slot may move to another peer.")
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> "MoaSection":
+        if self.layers > self.max_layers:
+            raise ValueError(f"layers ({self.layers}) must not exceed max_layers ({self.max_layers})")
+        if self.proposers > self.max_proposers:
+            raise ValueError(f"proposers ({self.proposers}) must not exceed max_proposers ({self.max_proposers})")
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError("max_new_tokens must not exceed max_new_tokens_limit")
+        return self
+
+
+class LimitsSection(Section):
+    max_payload_bytes: int = Field(65536, ge=256, description="Larger MQTT payloads are refused at the edge.")
+    max_prompt_chars: int = Field(8000, ge=1, description="Longer prompts are refused with invalid_request.")
+
+
+class QueueSection(Section):
+    memory_fraction: float = Field(0.5, gt=0, le=1, description="Share of free memory the queue may charge.")
+    reserve_mb: int = Field(128, ge=0, description="Memory kept free for everything else on the board.")
+    memory_limit_mb: int = Field(0, ge=0, description="Hard limit such as systemd MemoryMax (0 = cgroup or none).")
+    max_tasks: int = Field(256, ge=1, description="Upper bound on queued tasks whatever the memory says.")
+
+
+class EngineSection(Section):
+    kind: Literal["onnx", "synthetic"] = Field("onnx", description="synthetic is a load-testing tool only.")
+    model: str = Field(DEFAULT_MODEL, description="Catalogue name or path of a built model directory.")
+    threads: int = Field(0, ge=0, description="Inference threads (0 = all cores).")
+    seed: int | None = Field(None, description="Sampling seed, for reproducible runs.")
+    warmup: bool = Field(True, description="Run one short inference before going live.")
+    synthetic_service_s: float = Field(1.0, gt=0, description="synthetic: mean service time in seconds.")
+    synthetic_distribution: Literal["deterministic", "exponential"] = Field("deterministic")
+    synthetic_kv_bytes_per_token: int = Field(4096, ge=0, description="synthetic: memory charged per token.")
+
+
+class AgentConfig(Section):
+    agent: AgentSection
+    mqtt: MqttSection = MqttSection()
+    moa: MoaSection = MoaSection()
+    limits: LimitsSection = LimitsSection()
+    queue: QueueSection = QueueSection()
+    engine: EngineSection = EngineSection()
+
+
+def parse_config(data: dict, base_dir: Path | None = None) -> AgentConfig:
+    """Validate a config mapping; relative paths are taken relative to `base_dir` (the file's folder)."""
+    try:
+        config = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_problem(err, data) for err in exc.errors()]) from None
+    return _resolve_paths(config, base_dir) if base_dir else config
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([(str(path), None, f"cannot read: {exc.strerror}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(str(path), None, f"not valid TOML: {exc}")]) from None
+    return parse_config(data, base_dir=path.parent)
+
+
+def _problem(err: dict, data: dict) -> tuple[str, object, str]:
+    loc = [str(part) for part in err["loc"]]
+    value: object = data
+    for part in loc:
+        value = value.get(part) if isinstance(value, dict) else None
+    message = err["msg"]
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif err["type"] == "string_pattern_mismatch":
+        message = f"must match {err['ctx']['pattern']}"
+    return (".".join(loc) or "(top)", value, message)
+
+
+def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
+    def fix(path: Path | None) -> Path | None:
+        return None if path is None or path.is_absolute() else (base_dir / path)
+
+    agent = config.agent.model_copy(update={"state_dir": fix(config.agent.state_dir)})
+    mqtt_updates = {
+        name: fix(getattr(config.mqtt, name))
+        for name in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file")
+        if getattr(config.mqtt, name) is not None
+    }
+    engine = config.engine
+    if _looks_like_path(engine.model) and not Path(engine.model).is_absolute():
+        engine = engine.model_copy(update={"model": str(base_dir / engine.model)})
+    return config.model_copy(
+        update={"agent": agent, "mqtt": config.mqtt.model_copy(update=mqtt_updates), "engine": engine}
+    )
+
+
+def _looks_like_path(model: str) -> bool:
+    return "/" in model or model.startswith(".") or bool(re.match(r"^~", model))

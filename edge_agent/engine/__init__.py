@@ -1,0 +1,25 @@
+"""Inference engines: the real ONNX one and a synthetic one for load tests."""
+
+from __future__ import annotations
+
+from ..config import EngineSection
+from .base import ChatMessage, Engine, Generation, GenerationRequest
+
+__all__ = ["ChatMessage", "Engine", "Generation", "GenerationRequest", "create_engine"]
+
+
+def create_engine(section: EngineSection) -> Engine:
+    """Build the configured engine (loading is slow: do it before connecting to the broker)."""
+    if section.kind == "synthetic":
+        from .synthetic import SyntheticEngine
+
+        return SyntheticEngine(
+            service_s=section.synthetic_service_s,
+            distribution=section.synthetic_distribution,
+            seed=section.seed,
+            kv_bytes_per_token=section.synthetic_kv_bytes_per_token,
+        )
+    from .onnx import OnnxEngine
+    from ..model.store import resolve_model_dir
+
+    return OnnxEngine(resolve_model_dir(section.model), threads=section.threads, seed=section.seed)

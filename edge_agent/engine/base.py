@@ -1,0 +1,49 @@
+"""What the agent needs from an inference engine: chat in, text out, and the numbers the queue charges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: tuple[ChatMessage, ...]
+    max_new_tokens: int = 128
+    temperature: float = 0.7  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    seconds: float  # wall time of this inference (prefill + decode)
+
+
+class Engine(Protocol):
+    """One loaded model. `generate` runs on the inference thread only; the rest is cheap and thread-safe."""
+
+    model_id: str
+    context_length: int
+    kv_bytes_per_token: int  # layers x 2 x kv_heads x head_dim x dtype bytes, from the manifest
+
+    def count_prompt_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
+        """Tokens of the rendered chat prompt (template included)."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        """Raises TooLargeError when prompt + max_new_tokens exceed the context, InferenceError otherwise."""
+        ...
+
+    def warm_up(self) -> None: ...
+
+    def close(self) -> None: ...
