@@ -144,7 +144,7 @@ def _problem(err: dict, data: dict) -> tuple[str, object, str]:
 
 def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
     def fix(path: Path | None) -> Path | None:
-        return None if path is None or path.is_absolute() else (base_dir / path)
+        return path if path is None or path.is_absolute() else (base_dir / path)
 
     agent = config.agent.model_copy(update={"state_dir": fix(config.agent.state_dir)})
     mqtt_updates = {

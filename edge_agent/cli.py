@@ -1,0 +1,179 @@
+"""The `edge-moa` command line: argument parsing and logging set-up only; the work lives in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, EdgeMoaError
+
+log = logging.getLogger("edge_agent")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except EdgeMoaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-moa", description="Distributed Mixture-of-Agents on edge boards.")
+    parser.add_argument("--version", action="version", version=f"edge-moa {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for payloads)")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    agent = sub.add_parser("agent", help="run this board's agent daemon")
+    agent.add_argument("--config", required=True, type=Path, help="agent.toml")
+    agent.set_defaults(func=cmd_agent)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(metavar="ACTION")
+    check = config_sub.add_parser("check", help="validate an agent.toml: key path, value and message; exit 1")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=cmd_config_check)
+
+    ask = sub.add_parser("ask", help="ask an agent a question and print its answer")
+    add_broker_args(ask)
+    ask.add_argument("--device", required=True, help="the agent to ask (its device id)")
+    ask.add_argument("--layers", "-M", type=int, help="MoA layers (default: the agent's)")
+    ask.add_argument("--proposers", "-k", type=int, help="extra proposers per layer (default: the agent's)")
+    ask.add_argument("--max-new-tokens", type=int)
+    ask.add_argument("--temperature", type=float)
+    ask.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the answer")
+    ask.add_argument("--json", action="store_true", help="print the whole answer with its trace")
+    ask.add_argument("prompt")
+    ask.set_defaults(func=cmd_ask)
+
+    status = sub.add_parser("status", help="a live table of the mesh's agents")
+    add_broker_args(status)
+    status.add_argument("--once", action="store_true", help="print once and exit")
+    status.add_argument("--json", action="store_true", help="print JSON (with --once: one object)")
+    status.add_argument("--wait", type=float, default=1.5, help="seconds to collect retained statuses")
+    status.set_defaults(func=cmd_status)
+
+    from . import demo
+
+    demo.register(sub)
+    for module in _feature_modules():
+        module.register(sub)
+    return parser
+
+
+def _feature_modules() -> list:
+    import importlib
+    import importlib.util
+
+    names = ["edge_agent.model.commands", "edge_agent.stability.commands", "edge_agent.provision.commands"]
+    return [importlib.import_module(n) for n in names if importlib.util.find_spec(n.rsplit(".", 1)[0])
+            and importlib.util.find_spec(n)]
+
+
+def add_broker_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", default=os.environ.get("EDGE_MOA_BROKER", "127.0.0.1:1883"),
+                        help="HOST:PORT of a broker in the mesh (env EDGE_MOA_BROKER)")
+    parser.add_argument("--topic-root", default="moa/v1")
+    parser.add_argument("--mqtt-protocol", choices=["v5", "v311"], default="v5")
+    parser.add_argument("--username")
+    parser.add_argument("--password-file", type=Path)
+    parser.add_argument("--tls-ca-file")
+
+
+def broker_from_args(args: argparse.Namespace):
+    from .transport import BrokerSettings, parse_broker_address
+
+    host, port = parse_broker_address(args.broker)
+    password = args.password_file.read_text().strip() if args.password_file else None
+    return BrokerSettings(host=host, port=port, protocol=args.mqtt_protocol, username=args.username,
+                          password=password, tls_ca_file=args.tls_ca_file)
+
+
+def setup_logging(verbosity: int) -> None:
+    level = logging.WARNING - 10 * min(verbosity, 2) if verbosity else logging.INFO
+    under_systemd = bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
+    fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .node import run_agent
+
+    run_agent(load_config(args.config))
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        for path, value, message in exc.problems:
+            print(f"{args.file}: {path} = {value!r}: {message}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK (device {config.agent.device_id}, engine {config.engine.kind} {config.engine.model}, "
+          f"broker {config.mqtt.host}:{config.mqtt.port})")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from .client import MoaClient
+
+    with MoaClient(broker_from_args(args), topic_root=args.topic_root) as client:
+        answer = client.ask(args.device, args.prompt, timeout_s=args.timeout, layers=args.layers,
+                            proposers=args.proposers, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif "error" in answer:
+        print(f"error from {answer.get('device')}: {answer['error']['code']}: {answer['error']['message']}",
+              file=sys.stderr)
+    else:
+        print(answer["response"])
+    return 1 if "error" in answer else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .client import MoaClient
+    from .status_view import render_table
+
+    with MoaClient(broker_from_args(args), topic_root=args.topic_root) as client:
+        client.watch_status()
+        time.sleep(args.wait)
+        while True:
+            statuses = client.statuses()
+            if args.json:
+                print(json.dumps({d: s.model_dump(exclude_none=True) for d, s in sorted(statuses.items())}))
+            else:
+                if not args.once:
+                    print("\033[2J\033[H", end="")
+                print(render_table(statuses, now=time.time()))
+            if args.once:
+                return 0 if statuses else 1
+            time.sleep(1.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

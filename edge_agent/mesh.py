@@ -1,0 +1,155 @@
+"""A local mesh on one machine: one broker and n agent processes. For the demo, experiments and tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .client import MoaClient
+from .config import parse_config
+from .errors import TransportError
+from .mosquitto import MosquittoProcess
+from .transport import BrokerSettings
+
+log = logging.getLogger(__name__)
+
+
+def render_agent_toml(sections: dict[str, dict[str, Any]]) -> str:
+    """A small TOML writer for flat sections of str / int / float / bool values (what agent.toml holds)."""
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, (int, float)):
+                text = repr(value)
+            else:
+                text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+class LocalMesh:
+    """`with LocalMesh(4, engine={...}) as mesh: mesh.client().ask("agent1", "hi")`.
+
+    Agents are real `edge-moa agent` processes; `kill` sends SIGKILL (no clean goodbye, the will fires).
+    """
+
+    def __init__(self, n: int = 4, *, engine: dict | None = None, moa: dict | None = None,
+                 queue: dict | None = None, agent: dict | None = None, topic_root: str = "moa/v1",
+                 workdir: Path | None = None, broker: MosquittoProcess | None = None, log_level: str = "-v"):
+        self.devices = [f"agent{i}" for i in range(1, n + 1)]
+        self.topic_root = topic_root
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edge-moa-mesh-"))
+        self._sections = {"engine": engine or {}, "moa": moa or {}, "queue": queue or {}, "agent": agent or {}}
+        self._own_broker = broker is None
+        self.broker = broker or MosquittoProcess()
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._log_level = log_level
+
+    # -- lifecycle --
+    def start(self, timeout_s: float = 120.0) -> "LocalMesh":
+        if self._own_broker:
+            self.broker.start()
+        for device in self.devices:
+            self.start_agent(device)
+        self.wait_online(self.devices, timeout_s)
+        return self
+
+    def config_path(self, device: str) -> Path:
+        return self.workdir / device / "agent.toml"
+
+    def write_config(self, device: str) -> Path:
+        sections = {
+            "agent": {"device_id": device, "state_dir": str(self.workdir / device / "state"), "heartbeat_s": 1.0,
+                      "peer_timeout_s": 5.0, **self._sections["agent"]},
+            "mqtt": {"host": self.broker.host, "port": self.broker.port, "topic_root": self.topic_root},
+            "moa": self._sections["moa"], "queue": self._sections["queue"], "engine": self._sections["engine"],
+        }
+        text = render_agent_toml(sections)
+        parse_config(__import__("tomllib").loads(text))  # fail here, not in a child process
+        path = self.config_path(device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def start_agent(self, device: str) -> None:
+        path = self.config_path(device) if self.config_path(device).exists() else self.write_config(device)
+        log_file = open(self.workdir / device / "agent.log", "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._procs[device] = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", self._log_level, "agent", "--config", str(path)],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env,
+        )
+        log_file.close()
+
+    def kill(self, device: str) -> None:
+        proc = self._procs.pop(device)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_agent(self, device: str) -> None:
+        proc = self._procs.pop(device, None)
+        if proc and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def stop(self) -> None:
+        for device in list(self._procs):
+            self.stop_agent(device)
+        if self._own_broker:
+            self.broker.stop()
+
+    def __enter__(self) -> "LocalMesh":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- use --
+    def settings(self) -> BrokerSettings:
+        return BrokerSettings(host=self.broker.host, port=self.broker.port)
+
+    def client(self) -> MoaClient:
+        return MoaClient(self.settings(), topic_root=self.topic_root).connect()
+
+    def agent_log(self, device: str) -> str:
+        path = self.workdir / device / "agent.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_online(self, devices: list[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self.client() as client:
+            client.watch_status()
+            while time.monotonic() < deadline:
+                for device in devices:
+                    proc = self._procs.get(device)
+                    if proc is not None and proc.poll() is not None:
+                        raise TransportError(f"agent {device} exited with {proc.returncode}:\n"
+                                             + self.agent_log(device)[-3000:])
+                statuses = client.statuses()
+                if all(d in statuses and statuses[d].online and statuses[d].sent_at
+                       and statuses[d].sent_at > time.time() - 3 for d in devices):
+                    return
+                time.sleep(0.1)
+        raise TransportError(f"agents {devices} not online within {timeout_s:.0f}s; last log of {devices[0]}:\n"
+                             + self.agent_log(devices[0])[-3000:])
