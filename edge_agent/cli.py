@@ -73,18 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     from . import demo
 
     demo.register(sub)
-    for module in _feature_modules():
-        module.register(sub)
+    _register_features(sub)
     return parser
 
 
-def _feature_modules() -> list:
+def _register_features(sub) -> None:
+    """The commands of the model, stability and provisioning parts (each module's `register(subparsers)`)."""
     import importlib
-    import importlib.util
 
-    names = ["edge_agent.model.commands", "edge_agent.stability.commands", "edge_agent.provision.commands"]
-    return [importlib.import_module(n) for n in names if importlib.util.find_spec(n.rsplit(".", 1)[0])
-            and importlib.util.find_spec(n)]
+    for name in ("edge_agent.model.commands", "edge_agent.stability.commands", "edge_agent.provision.commands"):
+        try:
+            importlib.import_module(name).register(sub)
+        except Exception as exc:  # a broken optional command must not stop the agent daemon itself
+            print(f"warning: commands of {name} unavailable: {exc}", file=sys.stderr)
 
 
 def add_broker_args(parser: argparse.ArgumentParser) -> None:

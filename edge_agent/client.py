@@ -43,15 +43,19 @@ class MoaClient:
     def submit(self, device: str, prompt: str, *, request_id: str | None = None, **options) -> Future:
         """Send a prompt; the future resolves to the answer or error JSON (a dict)."""
         request_id = request_id or new_id()[:16]
+        payload = {"prompt": prompt, "request_id": request_id, "reply_to": self.topics.answer(device, request_id)}
+        payload.update({key: value for key, value in options.items() if value is not None})
+        return self.submit_raw(device, json.dumps(payload).encode(), request_id)
+
+    def submit_raw(self, device: str, payload: bytes, request_id: str) -> Future:
+        """Publish any payload as a prompt, with the Response Topic of `request_id`'s answer topic."""
         reply_topic = self.topics.answer(device, request_id)
         future: Future = Future()
         with self._lock:
             self._pending[reply_topic] = future
         self._transport.subscribe(reply_topic, 1)
-        payload = {"prompt": prompt, "request_id": request_id, "reply_to": reply_topic}
-        payload.update({key: value for key, value in options.items() if value is not None})
-        self._transport.publish(self.topics.prompt(device), json.dumps(payload).encode(), qos=1,
-                                response_topic=reply_topic, correlation_data=request_id.encode())
+        self._transport.publish(self.topics.prompt(device), payload, qos=1, response_topic=reply_topic,
+                                correlation_data=request_id.encode())
         return future
 
     def ask(self, device: str, prompt: str, *, timeout_s: float = 300.0, **options) -> dict:

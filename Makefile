@@ -1,0 +1,60 @@
+# edge-moa: `make demo` and `make test` work on a fresh machine (Debian/Ubuntu; root installs system packages).
+VENV      ?= .venv
+PYTHON    ?= python3
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+APT_PKGS  := mosquitto mosquitto-clients
+PYTEST_ARGS ?=
+
+.PHONY: demo test install install-export system-deps default-model lint clean help
+
+help:
+	@echo "make demo   - local broker + 4 agents with the default model, sample prompts answered"
+	@echo "make test   - install everything needed, then run the whole test suite"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# The model-export tools (torch, transformers, ...) are a workstation step, never needed on a board.
+$(VENV)/.installed-export: pyproject.toml | $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,export]'
+	touch $@
+
+install-export: $(VENV)/.installed-export
+
+system-deps:
+	@missing=""; \
+	for cmd in mosquitto mosquitto_pub; do \
+	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing=yes; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing $(APT_PKGS) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \
+	  else \
+	    echo "error: Mosquitto is missing. Run: sudo apt-get install -y $(APT_PKGS)   (or run make as root)"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+default-model: install-export
+	$(BIN)/edge-moa model build smollm2-135m-instruct
+
+demo: install system-deps default-model
+	$(BIN)/edge-moa demo
+
+test: install-export system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check edge_agent tests tools
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

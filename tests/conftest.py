@@ -1,0 +1,40 @@
+"""Shared fixtures: a real Mosquitto per test module, a unique topic root per test, model directories."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from edge_agent.mosquitto import MosquittoProcess
+
+pytest_plugins = ["tests.model_fixtures"]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture(scope="module")
+def _module_broker():
+    # A missing mosquitto is an error, not a skip: MosquittoProcess raises with what to install.
+    with MosquittoProcess() as broker:
+        yield broker
+
+
+@pytest.fixture
+def broker(_module_broker, request):
+    """A real Mosquitto on a free port; its log is attached to a failing test's report."""
+    yield _module_broker
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        report.sections.append(("mosquitto log", _module_broker.log()[-5000:]))
+
+
+@pytest.fixture
+def topic_root() -> str:
+    """Each test its own topic root, so retained statuses and answers of other tests never leak in."""
+    return f"test/{uuid.uuid4().hex[:10]}/moa"

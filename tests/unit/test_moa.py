@@ -1,0 +1,160 @@
+"""The MoA state machine without a broker or a model: who gets what, in which layer, and what it costs."""
+
+import random
+
+import pytest
+
+from edge_agent.config import SYNTHESIS_SYSTEM_PROMPT
+from edge_agent.moa import (
+    Finish, LayerDone, MoaRun, MoaTimeouts, RunLocal, SendTask, inferences_per_prompt, proposal_messages,
+    synthesis_text,
+)
+from edge_agent.protocol import ErrorBody, UserRequest
+
+PEERS = ["b", "c", "d", "e"]
+
+
+def make_run(layers, proposers, **timeouts) -> MoaRun:
+    request = UserRequest(request_id="r1", device="a", prompt="Why is the sky blue?", reply_topic="t",
+                          layers=layers, proposers=proposers, max_new_tokens=16, temperature=0.7, received_at=0.0)
+    return MoaRun(request=request, self_id="a", system_prompt=SYNTHESIS_SYSTEM_PROMPT,
+                  timeouts=MoaTimeouts(**timeouts))
+
+
+def drive(run: MoaRun, alive=PEERS, seed=0, answer=lambda device, task: f"{device}:L{task.layer}"):
+    """Answer every task at once (acks then results) until the run finishes; return (finish, tasks seen)."""
+    rng = random.Random(seed)
+    pending = list(run.start(alive, rng, now=0.0))
+    tasks = []
+    while pending:
+        action = pending.pop(0)
+        if isinstance(action, (SendTask, RunLocal)):
+            device = action.device if isinstance(action, SendTask) else "a"
+            tasks.append((device, action.task))
+            if isinstance(action, SendTask):
+                pending += run.on_ack(action.task.task_id, True, None, 1.0, alive, rng, now=0.0)
+            pending += run.on_result(action.task.task_id, answer(device, action.task), None, 0.5, alive, rng,
+                                     now=0.0)
+        elif isinstance(action, Finish):
+            return action, tasks
+    raise AssertionError("run did not finish")
+
+
+@pytest.mark.parametrize("layers,proposers", [(0, 0), (1, 1), (1, 2), (2, 2), (3, 4), (2, 3)])
+def test_inference_count_and_distinct_proposers(layers, proposers):
+    finish, tasks = drive(make_run(layers, proposers))
+    assert finish.error is None
+    assert finish.inferences == inferences_per_prompt(layers, proposers) == len(tasks)
+    assert [t.layer for t in finish.trace] == list(range(1, layers + 2))
+    for layer in finish.trace[:-1]:
+        devices = [e.device for e in layer.answered]
+        assert devices[0] == "a" and len(set(devices)) == len(devices) == proposers + 1
+    assert [e.device for e in finish.trace[-1].answered] == ["a"]
+    assert finish.trace[-1].kind == "aggregate"
+
+
+def test_layer_one_gets_the_bare_prompt_and_later_layers_the_previous_answers():
+    finish, tasks = drive(make_run(2, 1))
+    first = [t for _, t in tasks if t.layer == 1]
+    assert all(len(t.messages) == 1 and t.messages[0].content == "Why is the sky blue?" for t in first)
+    second = [t for _, t in tasks if t.layer == 2]
+    layer1_answers = [e.device + ":L1" for e in finish.trace[0].answered]
+    expected = synthesis_text(SYNTHESIS_SYSTEM_PROMPT, layer1_answers)
+    assert all(t.messages[0].role == "system" and t.messages[0].content == expected for t in second)
+    assert all(t.messages[1].content == "Why is the sky blue?" for t in second)
+    final = [t for _, t in tasks if t.layer == 3]
+    assert "Response-2: " in final[0].messages[0].content and "Response-3" not in final[0].messages[0].content
+    assert finish.response == "a:L3"
+
+
+def test_synthesis_text_numbers_answers():
+    text = synthesis_text("SYS", ["one", "two"])
+    assert text == "SYS\n\nResponse-1: one\n\nResponse-2: two"
+    assert proposal_messages("p", "SYS", [])[0].role == "user"
+
+
+def test_peers_are_drawn_uniformly():
+    counts = {p: 0 for p in PEERS}
+    for seed in range(2000):
+        run = make_run(1, 2)
+        for action in run.start(PEERS, random.Random(seed), now=0.0):
+            if isinstance(action, SendTask):
+                counts[action.device] += 1
+    # each peer is picked with probability k/n = 1/2 per prompt
+    assert all(abs(c / 2000 - 0.5) < 0.05 for c in counts.values()), counts
+
+
+def test_fewer_alive_peers_than_k_is_recorded():
+    finish, _ = drive(make_run(1, 3), alive=["b"])
+    assert [e.device for e in finish.trace[0].answered] == ["a", "b"]
+    assert finish.trace[0].requested == 4
+    assert finish.inferences == 3
+
+
+def test_busy_peer_is_replaced_by_another_alive_one():
+    run = make_run(1, 1)
+    rng = random.Random(1)
+    actions = run.start(["b", "c"], rng, now=0.0)
+    sent = next(a for a in actions if isinstance(a, SendTask))
+    moved = run.on_ack(sent.task.task_id, False, "busy", 0.0, ["b", "c"], rng, now=0.1)
+    assert len(moved) == 1 and isinstance(moved[0], SendTask)
+    assert moved[0].device != sent.device and moved[0].task.task_id != sent.task.task_id
+    assert run.dropped[0].outcome == "busy" and run.dropped[0].device == sent.device
+
+
+def test_unanswered_task_times_out_and_layer_goes_on_with_what_it_has():
+    run = make_run(1, 1, ack_s=1.0, max_redispatch=0)
+    rng = random.Random(0)
+    actions = run.start(["b"], rng, now=0.0)
+    local = next(a for a in actions if isinstance(a, RunLocal))
+    assert run.on_result(local.task.task_id, "mine", None, 0.3, ["b"], rng, now=0.5) == []
+    assert run.on_tick(["b"], rng, now=0.9) == []
+    after = run.on_tick(["b"], rng, now=1.1)
+    assert isinstance(after[0], LayerDone) and after[0].answers == ("mine",)
+    assert run.trace[0].dropped[0].outcome == "ack_timeout"
+    assert isinstance(after[1], RunLocal) and after[1].task.layer == 2
+
+
+def test_accepted_task_deadline_follows_the_peers_estimate():
+    run = make_run(1, 1, grace_s=2.0, eta_factor=1.5)
+    rng = random.Random(0)
+    sent = next(a for a in run.start(["b"], rng, now=0.0) if isinstance(a, SendTask))
+    run.on_ack(sent.task.task_id, True, None, 10.0, ["b"], rng, now=1.0)
+    assert run.on_tick(["b"], rng, now=1.0 + 15 + 2 - 0.01) == []
+    moved = run.on_tick(["b", "c"], rng, now=1.0 + 15 + 2 + 0.01)
+    assert isinstance(moved[0], SendTask) and moved[0].device == "c"
+
+
+def test_late_result_from_a_replaced_peer_is_ignored():
+    run = make_run(1, 1)
+    rng = random.Random(0)
+    sent = next(a for a in run.start(["b", "c"], rng, now=0.0) if isinstance(a, SendTask))
+    run.on_peer_gone(sent.device, ["b", "c"], rng, now=0.1)
+    assert run.on_result(sent.task.task_id, "late", None, 1.0, ["b", "c"], rng, now=0.2) == []
+
+
+def test_own_inference_error_fails_the_request_with_its_code():
+    run = make_run(1, 1)
+    rng = random.Random(0)
+    local = next(a for a in run.start(["b"], rng, now=0.0) if isinstance(a, RunLocal))
+    out = run.on_result(local.task.task_id, None, ErrorBody(code="too_large", message="x"), 0.0, ["b"], rng, 0.1)
+    assert isinstance(out[0], Finish) and out[0].error.code == "too_large"
+    assert run.finished
+
+
+def test_request_timeout():
+    run = make_run(1, 1, request_s=5.0)
+    rng = random.Random(0)
+    run.start(["b"], rng, now=0.0)
+    out = run.on_tick(["b"], rng, now=5.0)
+    assert isinstance(out[0], Finish) and out[0].error.code == "timeout"
+
+
+def test_resume_from_checkpoint_starts_at_the_recorded_layer():
+    first = make_run(2, 1)
+    finish, _ = drive(first)
+    resumed = make_run(2, 1)
+    resumed.layer, resumed.previous, resumed.trace = 2, ["x", "y"], list(finish.trace[:1])
+    actions = resumed.start(PEERS, random.Random(0), now=0.0)
+    assert all(a.task.layer == 2 for a in actions)
+    assert "Response-1: x\n\nResponse-2: y" in actions[0].task.messages[0].content
