@@ -33,6 +33,7 @@ from .transport import PahoTransport, RawMessage, Will
 log = logging.getLogger(__name__)
 TransportFactory = Callable[..., PahoTransport]
 TICK_S = 0.2
+DISCOVERY_S = 0.5  # how long a starting agent listens to statuses before it picks proposers
 
 
 class SeenIds:
@@ -70,6 +71,8 @@ class Agent:
         self._seen = SeenIds()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._busy = False
+        self._discovering = True
+        self._early_prompts: list[RawMessage] = []
         self._started = time.monotonic()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,7 +95,8 @@ class Agent:
             self._transport.subscribe(topic, self.config.mqtt.qos)
         await self._connect_with_retry()
         self._publish_status()
-        self._resume_journal()
+        # Peers' retained statuses arrive right after subscribing: learn who is alive before choosing proposers.
+        self._loop.call_later(DISCOVERY_S, self._end_discovery)
         tasks = [asyncio.create_task(self._every(self.config.agent.heartbeat_s, self._publish_status)),
                  asyncio.create_task(self._every(TICK_S, self._tick))]
         log.info("agent %s live (model %s, topic root %s)", self.device, self.engine.model_id, self.topics.root)
@@ -147,7 +151,10 @@ class Agent:
             if kind == "status":
                 self._on_status(message)
             elif kind == "prompt" and device == self.device:
-                self._on_prompt(message)
+                if self._discovering:
+                    self._early_prompts.append(message)
+                else:
+                    self._on_prompt(message)
             elif kind == "inbox" and device == self.device and extra:
                 self._on_internal(extra, message)
         except ProtocolError as exc:
@@ -392,6 +399,13 @@ class Agent:
 
     def _eta_s(self) -> float:
         return (len(self.queue) + 1) * (self.alpha_s or 1.0)
+
+    def _end_discovery(self) -> None:
+        self._discovering = False
+        self._resume_journal()
+        for message in self._early_prompts:
+            self._on_raw(message)
+        self._early_prompts.clear()
 
     def _resume_journal(self) -> None:
         for entry in self.journal.unfinished():

@@ -1,0 +1,82 @@
+"""Faults on a live mesh: a proposer dies, the origin is killed and restarted, queues are full.
+
+These use the synthetic engine (a named load-testing tool) because they need service times long enough to kill
+a process mid-inference; the tiny ONNX model answers in milliseconds.
+"""
+
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from edge_agent.mesh import LocalMesh
+
+pytestmark = pytest.mark.slow
+
+
+def mesh_with(broker, service_s, **sections):
+    return LocalMesh(4, engine={"kind": "synthetic", "synthetic_service_s": service_s}, broker=broker,
+                     topic_root=f"test/{uuid.uuid4().hex[:8]}", **sections)
+
+
+def test_a_proposer_killed_mid_request_does_not_lose_the_prompt(broker):
+    with mesh_with(broker, 2.0) as mesh, mesh.client() as client:
+        future = client.submit("agent1", "hello mesh", layers=1, proposers=3)
+        time.sleep(0.8)  # every proposer is inferring now
+        mesh.kill("agent3")
+        answer = future.result(timeout=60)
+    assert "error" not in answer, answer
+    layer1 = answer["trace"][0]
+    assert "agent3" not in [e["device"] for e in layer1["answered"]]
+    assert [e["outcome"] for e in layer1["dropped"] if e["device"] == "agent3"] in (["unreachable"],
+                                                                                   ["result_timeout"])
+    assert sorted(e["device"] for e in layer1["answered"]) == ["agent1", "agent2", "agent4"]
+    assert answer["inferences"] == 4
+
+
+def test_a_killed_proposers_slot_moves_to_a_spare_peer(broker):
+    with mesh_with(broker, 2.0) as mesh, mesh.client() as client:
+        # watch which peer agent1 sends its task to (tasks go to <root>/<peer>/inbox/agent1)
+        watcher = subprocess.Popen(
+            ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t", f"{mesh.topic_root}/+/inbox/agent1",
+             "-C", "1", "-W", "30", "-v"], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+        future = client.submit("agent1", "hello again", layers=1, proposers=1)
+        topic = watcher.communicate(timeout=40)[0].split(" ", 1)[0]
+        chosen = topic.split("/")[-3]
+        time.sleep(0.3)
+        mesh.kill(chosen)
+        answer = future.result(timeout=60)
+    layer1 = answer["trace"][0]
+    answered = [e["device"] for e in layer1["answered"]]
+    assert len(answered) == 2 and chosen not in answered, (chosen, answer)
+    assert layer1["dropped"][0]["device"] == chosen
+
+
+def test_a_restarted_origin_answers_its_journaled_prompt(broker):
+    with mesh_with(broker, 1.5) as mesh, mesh.client() as client:
+        future = client.submit("agent1", "survive a crash", layers=1, proposers=1)
+        time.sleep(0.7)
+        mesh.kill("agent1")
+        assert not future.done()
+        mesh.start_agent("agent1")
+        answer = future.result(timeout=90)
+        log = mesh.agent_log("agent1")
+    assert "error" not in answer, answer
+    assert "resuming journaled request" in log
+    assert answer["inferences"] == 3
+
+
+def test_full_queues_answer_queue_full_to_users_and_busy_to_peers(broker):
+    with mesh_with(broker, 1.5, queue={"max_tasks": 1}) as mesh, mesh.client() as client:
+        first = client.submit("agent2", "occupy agent2", layers=0)
+        time.sleep(0.3)
+        refused = client.submit("agent2", "one too many", layers=0)
+        answer = refused.result(timeout=30)
+        assert answer["error"]["code"] == "queue_full" and "try again" in answer["error"]["message"]
+        moa = client.submit("agent1", "who is free?", layers=1, proposers=3).result(timeout=60)
+        assert "error" not in first.result(timeout=30)
+    dropped = {e["device"]: e["outcome"] for e in moa["trace"][0]["dropped"]}
+    assert dropped.get("agent2") == "busy", moa
+    assert "agent2" not in [e["device"] for e in moa["trace"][0]["answered"]]
