@@ -34,12 +34,12 @@ def register(sub) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .mesh import LocalMesh
     from .model.store import resolve_model_dir
-    from .mosquitto import MosquittoProcess
+    from .mosquitto import local_broker
 
     model_dir = resolve_model_dir(args.model)
     logging.getLogger("edge_agent").setLevel(logging.WARNING)
-    broker = MosquittoProcess(port=args.port)
-    print(f"broker:  Mosquitto on {broker.address}")
+    broker = local_broker(port=args.port)
+    print(f"broker:  {broker.name} on {broker.address}")
     print(f"model:   {model_dir}")
     print(f"agents:  {args.agents} processes, {args.threads} inference thread(s) each; loading...", flush=True)
     started = time.monotonic()

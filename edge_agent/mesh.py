@@ -15,7 +15,7 @@ from typing import Any
 from .client import MoaClient
 from .config import parse_config
 from .errors import TransportError
-from .mosquitto import MosquittoProcess
+from .mosquitto import BrokerProcess, local_broker
 from .transport import BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,13 @@ class LocalMesh:
 
     def __init__(self, n: int = 4, *, engine: dict | None = None, moa: dict | None = None,
                  queue: dict | None = None, agent: dict | None = None, topic_root: str = "moa/v1",
-                 workdir: Path | None = None, broker: MosquittoProcess | None = None, log_level: str = "-v"):
+                 workdir: Path | None = None, broker: BrokerProcess | None = None, log_level: str = "-v"):
         self.devices = [f"agent{i}" for i in range(1, n + 1)]
         self.topic_root = topic_root
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edge-moa-mesh-"))
         self._sections = {"engine": engine or {}, "moa": moa or {}, "queue": queue or {}, "agent": agent or {}}
         self._own_broker = broker is None
-        self.broker = broker or MosquittoProcess()
+        self.broker = broker or local_broker()
         self._procs: dict[str, subprocess.Popen] = {}
         self._log_level = log_level
 
@@ -74,7 +74,8 @@ class LocalMesh:
         sections = {
             "agent": {"device_id": device, "state_dir": str(self.workdir / device / "state"), "heartbeat_s": 1.0,
                       "peer_timeout_s": 5.0, **self._sections["agent"]},
-            "mqtt": {"host": self.broker.host, "port": self.broker.port, "topic_root": self.topic_root},
+            "mqtt": {"host": self.broker.host, "port": self.broker.port, "topic_root": self.topic_root,
+                     "protocol": self.broker.protocol},
             "moa": self._sections["moa"], "queue": self._sections["queue"], "engine": self._sections["engine"],
         }
         text = render_agent_toml(sections)
@@ -127,7 +128,7 @@ class LocalMesh:
 
     # -- use --
     def settings(self) -> BrokerSettings:
-        return BrokerSettings(host=self.broker.host, port=self.broker.port)
+        return BrokerSettings(host=self.broker.host, port=self.broker.port, protocol=self.broker.protocol)
 
     def client(self) -> MoaClient:
         return MoaClient(self.settings(), topic_root=self.topic_root).connect()

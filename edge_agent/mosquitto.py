@@ -1,4 +1,4 @@
-"""Run a real Mosquitto broker as a child process: for tests, the demo and experiments."""
+"""Run a local MQTT broker as a child process (Mosquitto; amqtt as the embedded fallback): tests, demo, experiments."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import shutil
 import socket
 import string
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,32 +41,38 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
             time.sleep(0.05)
 
 
-class MosquittoProcess:
-    """A Mosquitto child process on a free port; `with MosquittoProcess() as broker: broker.port`."""
+class BrokerProcess:
+    """A broker child process on a free port: `with MosquittoProcess() as broker: broker.port`."""
+
+    name = "broker"
+    protocol = "v5"  # the newest MQTT version the broker speaks
 
     def __init__(self, port: int | None = None, bind: str = "127.0.0.1", conf_text: str | None = None):
-        self.executable = shutil.which("mosquitto") or _sbin("mosquitto")
-        if not self.executable:
-            raise TransportError("mosquitto is not installed: `apt-get install mosquitto` (make test does it as root)")
         self.host = bind
         self.port = port or free_port(bind)
         self._dir = Path(tempfile.mkdtemp(prefix="edge-moa-broker-"))
-        self.conf_path = self._dir / "mosquitto.conf"
-        self.conf_path.write_text(conf_text or render_local_conf(self.port, bind))
-        self.log_path = self._dir / "mosquitto.log"
+        self.conf_path = self._dir / self.conf_name
+        self.conf_path.write_text(conf_text or self.render_conf())
+        self.log_path = self._dir / "broker.log"
         self._proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 10.0) -> "MosquittoProcess":
+    conf_name = "broker.conf"
+
+    def render_conf(self) -> str:
+        raise NotImplementedError
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout_s: float = 10.0) -> "BrokerProcess":
         self._log_file = open(self.log_path, "wb")
-        self._proc = subprocess.Popen(
-            [self.executable, "-c", str(self.conf_path)], stdout=self._log_file, stderr=subprocess.STDOUT
-        )
+        self._proc = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT)
         try:
             wait_for_port(self.host, self.port, timeout_s)
         except TransportError:
             self.stop()
-            raise TransportError(f"mosquitto did not start; its log:\n{self.log()}") from None
-        log.info("mosquitto listening on %s:%d", self.host, self.port)
+            raise TransportError(f"{self.name} did not start; its log:\n{self.log()}") from None
+        log.info("%s listening on %s:%d", self.name, self.host, self.port)
         return self
 
     def log(self) -> str:
@@ -86,11 +93,60 @@ class MosquittoProcess:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def __enter__(self) -> "MosquittoProcess":
+    def __enter__(self) -> "BrokerProcess":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class MosquittoProcess(BrokerProcess):
+    name = "Mosquitto"
+    conf_name = "mosquitto.conf"
+
+    def __init__(self, port: int | None = None, bind: str = "127.0.0.1", conf_text: str | None = None):
+        self.executable = mosquitto_executable()
+        if not self.executable:
+            raise TransportError("mosquitto is not installed: `apt-get install mosquitto` (make test does it as root)")
+        super().__init__(port, bind, conf_text)
+
+    def render_conf(self) -> str:
+        return render_local_conf(self.port, self.host)
+
+    def command(self) -> list[str]:
+        return [self.executable, "-c", str(self.conf_path)]
+
+
+class AmqttProcess(BrokerProcess):
+    """amqtt, a pure-Python broker: starts anywhere pip works, but speaks MQTT 3.1.1 only."""
+
+    name = "amqtt (embedded Python broker, MQTT 3.1.1 only)"
+    protocol = "v311"
+    conf_name = "amqtt.yaml"
+
+    def render_conf(self) -> str:
+        return (f"listeners:\n  default:\n    type: tcp\n    bind: {self.host}:{self.port}\n"
+                "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n")
+
+    def command(self) -> list[str]:
+        script = Path(sys.executable).parent / "amqtt"
+        if not script.exists():
+            raise TransportError("amqtt is not installed: pip install 'edge-moa[embedded-broker]'")
+        return [str(script), "-c", str(self.conf_path)]
+
+
+def mosquitto_executable() -> str | None:
+    return shutil.which("mosquitto") or _sbin("mosquitto")
+
+
+def local_broker(port: int | None = None) -> BrokerProcess:
+    """Mosquitto when installed, else the embedded amqtt broker; a clear error when neither is there."""
+    if mosquitto_executable():
+        return MosquittoProcess(port=port)
+    if (Path(sys.executable).parent / "amqtt").exists():
+        return AmqttProcess(port=port)
+    raise TransportError("no MQTT broker: install Mosquitto (`apt-get install mosquitto`) "
+                         "or the embedded one (`pip install 'edge-moa[embedded-broker]'`)")
 
 
 def _sbin(name: str) -> str | None:
