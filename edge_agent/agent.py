@@ -353,10 +353,10 @@ class Agent:
     def _on_inference_done(self, task: QueuedTask, future: asyncio.Future) -> None:
         self._busy = False
         self.queue.release(task.task_id)
-        text, error, seconds = None, None, 0.0
+        text, error, seconds, new_tokens = None, None, 0.0, 0
         try:
             result: Generation = future.result()
-            text, seconds = result.text, result.seconds
+            text, seconds, new_tokens = result.text, result.seconds, result.new_tokens
             self.alpha_s = seconds if self.alpha_s is None else 0.8 * self.alpha_s + 0.2 * seconds
         except asyncio.CancelledError:
             return
@@ -372,7 +372,8 @@ class Agent:
                                                  time.monotonic()))
         else:
             result_msg = ResultMessage(sender=self.device, request_id=task.request_id, layer=task.layer,
-                                       task_id=task.task_id, text=text, error=error, inference_s=round(seconds, 4))
+                                       task_id=task.task_id, text=text, error=error, inference_s=round(seconds, 4),
+                                       new_tokens=new_tokens)
             self._send_internal(task.origin, result_msg)
         self._pump()
 
