@@ -196,8 +196,7 @@ class Agent:
             log.warning("refused prompt %s: %s", refusal.route.request_id, refusal.message)
             self._send_error(refusal.route, refusal.code, refusal.message)
             return
-        run = MoaRun(request=request, self_id=self.device, system_prompt=self.config.moa.system_prompt,
-                     timeouts=self._timeouts)
+        run = self._new_run(request)
         self.runs[request.request_id] = run
         log.info("accepted %s: M=%d k=%d", request.request_id, request.layers, request.proposers)
         self._execute(run, run.start(self._alive(), self.rng, time.monotonic()))
@@ -255,6 +254,7 @@ class Agent:
             log.debug("%s for finished request %s ignored", msg.type, msg.request_id)
             return
         if isinstance(msg, TaskAckMessage):
+            self.peers.note_queue(msg.sender, msg.queue_length)
             actions = run.on_ack(msg.task_id, msg.accepted, msg.reason, msg.eta_s, self._alive(), self.rng, now)
         else:
             assert isinstance(msg, ResultMessage)
@@ -291,6 +291,7 @@ class Agent:
     def _execute(self, run: MoaRun, actions: list) -> None:
         for action in actions:
             if isinstance(action, SendTask):
+                self.peers.note_sent(action.device)
                 self._send_internal(action.device, action.task)
             elif isinstance(action, RunLocal):
                 self._enqueue_own(action.task)
@@ -378,6 +379,15 @@ class Agent:
         self._pump()
 
     # ------------------------------------------------------------------ helpers
+    def _new_run(self, request: UserRequest, **progress) -> MoaRun:
+        moa = self.config.moa
+        cost = None
+        if moa.peer_policy == "speed-aware":
+            cost = lambda device: self.peers.expected_wait_s(device, self.alpha_s or 1.0)  # noqa: E731
+        return MoaRun(request=request, self_id=self.device, system_prompt=moa.system_prompt,
+                      timeouts=self._timeouts, peer_cost=cost, peer_candidates=max(moa.peer_candidates, 1),
+                      **progress)
+
     def _alive(self) -> list[str]:
         return self.peers.alive(time.monotonic())
 
@@ -411,9 +421,7 @@ class Agent:
     def _resume_journal(self) -> None:
         for entry in self.journal.unfinished():
             request = entry.request
-            run = MoaRun(request=request, self_id=self.device, system_prompt=self.config.moa.system_prompt,
-                         timeouts=self._timeouts, layer=entry.layer, previous=list(entry.answers),
-                         trace=list(entry.trace))
+            run = self._new_run(request, layer=entry.layer, previous=list(entry.answers), trace=list(entry.trace))
             self.runs[request.request_id] = run
             log.info("resuming journaled request %s at layer %d", request.request_id, entry.layer)
             self._execute(run, run.start(self._alive(), self.rng, time.monotonic()))

@@ -65,6 +65,10 @@ class MoaSection(Section):
     task_grace_s: float = Field(15.0, gt=0, description="Slack added to a peer's own estimate of its finish time.")
     request_timeout_s: float = Field(900.0, gt=0, description="A prompt not answered by then gets a timeout error.")
     max_redispatch: int = Field(2, ge=0, description="How often one proposer slot may move to another peer.")
+    peer_policy: Literal["uniform", "speed-aware"] = Field(
+        "uniform", description="uniform: k peers at random (the paper). speed-aware: the k of lowest expected "
+                               "wait, (queue + 1) x alpha, among peer_candidates drawn at random.")
+    peer_candidates: int = Field(3, ge=1, description="speed-aware: how many peers to draw before keeping k (d).")
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> "MoaSection":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 from .peers import choose_peers
 from .protocol import ErrorBody, LayerTrace, TaskMessage, TraceEntry, UserRequest, WireChatMessage, new_id
@@ -109,6 +109,8 @@ class MoaRun:
     dropped: list[TraceEntry] = field(default_factory=list)
     finished: bool = False
     request_deadline: float | None = None
+    peer_cost: Callable[[str], float] | None = None  # None: uniform choice (the paper); else lowest cost of d
+    peer_candidates: int = 0
     _task_slots: dict[str, Slot] = field(default_factory=dict)
 
     @property
@@ -121,7 +123,7 @@ class MoaRun:
         if self.request_deadline is None:
             self.request_deadline = now + self.timeouts.request_s
         self.slots, self.dropped, self._task_slots = [], [], {}
-        peers = [] if self.aggregating else choose_peers(alive, self.request.proposers, rng, exclude={self.self_id})
+        peers = [] if self.aggregating else self._choose(alive, self.request.proposers, rng, {self.self_id})
         actions: list[Action] = []
         for device in [self.self_id, *peers]:
             actions.append(self._dispatch(Slot(device=device, task_id=new_id()), now))
@@ -182,6 +184,9 @@ class MoaRun:
         return actions
 
     # -- internals --
+    def _choose(self, alive: Sequence[str], k: int, rng: random.Random, exclude: set[str]) -> list[str]:
+        return choose_peers(alive, k, rng, exclude=exclude, cost=self.peer_cost, candidates=self.peer_candidates)
+
     def _task(self, task_id: str) -> TaskMessage:
         messages = proposal_messages(self.request.prompt, self.system_prompt, self.previous)
         return TaskMessage(
@@ -202,7 +207,7 @@ class MoaRun:
 
     def _move_or_fail(self, slot: Slot, alive: Sequence[str], rng: random.Random, now: float) -> list[Action]:
         used = {self.self_id, slot.device} | {s.device for s in self.slots} | {d.device for d in self.dropped}
-        replacement = choose_peers(alive, 1, rng, exclude=used) if slot.moves < self.timeouts.max_redispatch else []
+        replacement = self._choose(alive, 1, rng, used) if slot.moves < self.timeouts.max_redispatch else []
         if replacement:
             slot.device, slot.task_id, slot.moves = replacement[0], new_id(), slot.moves + 1
             return [self._dispatch(slot, now)]

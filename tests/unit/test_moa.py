@@ -158,3 +158,22 @@ def test_resume_from_checkpoint_starts_at_the_recorded_layer():
     actions = resumed.start(PEERS, random.Random(0), now=0.0)
     assert all(a.task.layer == 2 for a in actions)
     assert "Response-1: x\n\nResponse-2: y" in actions[0].task.messages[0].content
+
+
+def test_speed_aware_choice_keeps_the_lowest_expected_wait_of_d_candidates():
+    from edge_agent.peers import choose_peers
+
+    wait = {"b": 5.0, "c": 1.0, "d": 3.0, "e": 0.5}
+    rng = random.Random(0)
+    assert choose_peers(PEERS, 2, rng, exclude={"a"}, cost=wait.get, candidates=4) == ["e", "c"]
+    picks = [choose_peers(PEERS, 1, random.Random(s), cost=wait.get, candidates=2)[0] for s in range(400)]
+    assert picks.count("b") == 0  # the slowest is never the better of two
+    assert picks.count("e") > picks.count("c") > picks.count("d")
+
+
+def test_speed_aware_run_routes_around_a_loaded_peer():
+    wait = {"b": 100.0, "c": 1.0, "d": 1.0, "e": 1.0}
+    run = make_run(1, 2)
+    run.peer_cost, run.peer_candidates = wait.get, 4
+    sent = [a.device for a in run.start(PEERS, random.Random(3), now=0.0) if isinstance(a, SendTask)]
+    assert "b" not in sent and len(sent) == 2

@@ -65,3 +65,14 @@ def test_peer_table_alive_and_gone():
     assert table.update(Status(device="c", online=False), now=2.0) is True
     assert table.alive(now=2.0) == ["b"]
     assert table.alive(now=6.0) == []
+
+
+def test_expected_wait_uses_fresh_queue_lengths():
+    table = PeerTable("a", timeout_s=5.0)
+    table.update(Status(device="b", online=True, queue_length=2, alpha_s=0.5), now=0.0)
+    assert table.expected_wait_s("b") == 1.5
+    table.note_sent("b")
+    assert table.expected_wait_s("b") == 2.0
+    table.note_queue("b", 0)
+    assert table.expected_wait_s("b") == 0.5
+    assert table.expected_wait_s("zz") == float("inf")
