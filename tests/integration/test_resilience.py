@@ -15,6 +15,13 @@ from edge_agent.mesh import LocalMesh
 pytestmark = pytest.mark.slow
 
 
+def wait_for(condition, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
 def mesh_with(broker, service_s, **sections):
     return LocalMesh(4, engine={"kind": "synthetic", "synthetic_service_s": service_s}, broker=broker,
                      topic_root=f"test/{uuid.uuid4().hex[:8]}", **sections)
@@ -56,8 +63,9 @@ def test_a_killed_proposers_slot_moves_to_a_spare_peer(broker):
 
 def test_a_restarted_origin_answers_its_journaled_prompt(broker):
     with mesh_with(broker, 1.5) as mesh, mesh.client() as client:
-        future = client.submit("agent1", "survive a crash", layers=1, proposers=1)
-        time.sleep(0.7)
+        future = client.submit("agent1", "survive a crash", layers=1, proposers=1, request_id="crash-1")
+        wait_for(lambda: "accepted crash-1" in mesh.agent_log("agent1"), 20)
+        time.sleep(0.3)
         mesh.kill("agent1")
         assert not future.done()
         mesh.start_agent("agent1")
