@@ -11,8 +11,8 @@ import logging
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 from . import __version__
 from .config import AgentConfig
@@ -24,8 +24,22 @@ from .moa import Finish, LayerDone, MoaRun, MoaTimeouts, RunLocal, SendTask
 from .peers import PeerTable
 from .prompt_queue import PromptQueue, QueuedTask, admit
 from .protocol import (
-    Answer, ErrorAnswer, ErrorBody, ReplyRoute, ResultMessage, Status, TaskAckMessage, TaskMessage, UserRequest,
-    best_effort_route, check_publish_topic, decode_internal, decode_status, encode, new_id, parse_prompt_json,
+    Answer,
+    ErrorAnswer,
+    ErrorBody,
+    ReplyRoute,
+    ResultMessage,
+    Status,
+    TaskAckMessage,
+    TaskMessage,
+    UserRequest,
+    best_effort_route,
+    check_publish_topic,
+    decode_internal,
+    decode_status,
+    encode,
+    new_id,
+    parse_prompt_json,
 )
 from .topics import Topics
 from .transport import PahoTransport, RawMessage, Will
@@ -183,7 +197,7 @@ class Agent:
                 self._execute(run, run.on_peer_gone(status.device, self._alive(), self.rng, time.monotonic()))
 
     def _on_prompt(self, message: RawMessage) -> None:
-        answer_topic = lambda rid: self.topics.answer(self.device, rid)  # noqa: E731
+        answer_topic = lambda rid: self.topics.answer(self.device, rid)
         try:
             request = self._accept_prompt(message)
         except (ProtocolError, TooLargeError) as exc:
@@ -383,7 +397,7 @@ class Agent:
         moa = self.config.moa
         cost = None
         if moa.peer_policy == "speed-aware":
-            cost = lambda device: self.peers.expected_wait_s(device, self.alpha_s or 1.0)  # noqa: E731
+            cost = lambda device: self.peers.expected_wait_s(device, self.alpha_s or 1.0)
         return MoaRun(request=request, self_id=self.device, system_prompt=moa.system_prompt,
                       timeouts=self._timeouts, peer_cost=cost, peer_candidates=max(moa.peer_candidates, 1),
                       **progress)

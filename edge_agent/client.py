@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Callable
 
 from .errors import PeerTimeoutError, ProtocolError
 from .protocol import Status, decode_status, new_id
@@ -26,14 +26,14 @@ class MoaClient:
         self._transport = PahoTransport(settings, client_id=client_id or f"edge-moa-client-{new_id()[:12]}",
                                         on_message=self._on_message)
 
-    def connect(self, timeout_s: float = 10.0) -> "MoaClient":
+    def connect(self, timeout_s: float = 10.0) -> MoaClient:
         self._transport.connect(timeout_s)
         return self
 
     def close(self) -> None:
         self._transport.close()
 
-    def __enter__(self) -> "MoaClient":
+    def __enter__(self) -> MoaClient:
         return self.connect()
 
     def __exit__(self, *exc) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
@@ -71,7 +71,7 @@ class MoaSection(Section):
     peer_candidates: int = Field(3, ge=1, description="speed-aware: how many peers to draw before keeping k (d).")
 
     @model_validator(mode="after")
-    def _defaults_within_limits(self) -> "MoaSection":
+    def _defaults_within_limits(self) -> MoaSection:
         if self.layers > self.max_layers:
             raise ValueError(f"layers ({self.layers}) must not exceed max_layers ({self.max_layers})")
         if self.proposers > self.max_proposers:

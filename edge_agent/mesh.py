@@ -59,7 +59,7 @@ class LocalMesh:
         self._log_level = log_level
 
     # -- lifecycle --
-    def start(self, timeout_s: float = 120.0) -> "LocalMesh":
+    def start(self, timeout_s: float = 120.0) -> LocalMesh:
         if self._own_broker:
             self.broker.start()
         for device in self.devices:
@@ -116,7 +116,7 @@ class LocalMesh:
         if self._own_broker:
             self.broker.stop()
 
-    def __enter__(self) -> "LocalMesh":
+    def __enter__(self) -> LocalMesh:
         try:
             return self.start()
         except BaseException:

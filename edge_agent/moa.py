@@ -7,12 +7,12 @@ come back (`SendTask`, `RunLocal`, `LayerDone`, `Finish`). No I/O, no clock, no 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, Union
+from typing import Union
 
 from .peers import choose_peers
 from .protocol import ErrorBody, LayerTrace, TaskMessage, TraceEntry, UserRequest, WireChatMessage, new_id
-
 
 # ---------------------------------------------------------------- prompts
 

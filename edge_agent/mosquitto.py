@@ -64,7 +64,7 @@ class BrokerProcess:
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    def start(self, timeout_s: float = 10.0) -> "BrokerProcess":
+    def start(self, timeout_s: float = 10.0) -> BrokerProcess:
         self._log_file = open(self.log_path, "wb")
         self._proc = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT)
         try:
@@ -93,7 +93,7 @@ class BrokerProcess:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def __enter__(self) -> "BrokerProcess":
+    def __enter__(self) -> BrokerProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

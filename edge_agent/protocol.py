@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -222,7 +222,7 @@ class ResultMessage(InternalMessage):
     new_tokens: int = 0
 
 
-Internal = Annotated[Union[TaskMessage, TaskAckMessage, ResultMessage], Field(discriminator="type")]
+Internal = Annotated[TaskMessage | TaskAckMessage | ResultMessage, Field(discriminator="type")]
 _INTERNAL = TypeAdapter(Internal)
 
 

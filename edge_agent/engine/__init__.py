@@ -19,7 +19,7 @@ def create_engine(section: EngineSection) -> Engine:
             seed=section.seed,
             kv_bytes_per_token=section.synthetic_kv_bytes_per_token,
         )
-    from .onnx import OnnxEngine
     from ..model.store import resolve_model_dir
+    from .onnx import OnnxEngine
 
     return OnnxEngine(resolve_model_dir(section.model), threads=section.threads, seed=section.seed)

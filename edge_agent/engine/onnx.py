@@ -102,8 +102,11 @@ class OnnxEngine:
                           seconds=time.perf_counter() - started)
 
     def generate_ids(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0,
-                     top_p: float = 1.0, seed: int | None = None) -> list[int]:
-        """New token ids after `prompt_ids`, without the stop token. Greedy when temperature is 0."""
+                     top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True) -> list[int]:
+        """New token ids after `prompt_ids`, without the stop token. Greedy when temperature is 0.
+
+        `stop_at_eos=False` (benchmarks) always generates `max_new_tokens`.
+        """
         if max_new_tokens < 1:
             raise InferenceError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         if not prompt_ids:
@@ -116,14 +119,13 @@ class OnnxEngine:
         rng = np.random.default_rng(seed) if seed is not None else self._rng
         with self._lock:
             try:
-                return self._loop(prompt_ids, max_new_tokens, temperature, top_p, rng)
+                return self._loop(prompt_ids, max_new_tokens, temperature, top_p, rng, stop_at_eos)
             except (InferenceError, KeyboardInterrupt):
                 raise
             except Exception as exc:  # onnxruntime's pybind exceptions (Fail, InvalidArgument, ...) and MemoryError
                 raise InferenceError(f"{self.model_id}: inference failed: {exc}") from exc
 
-    def _loop(self, prompt_ids, max_new_tokens, temperature, top_p, rng) -> list[int]:
-        kv = self.manifest.kv
+    def _loop(self, prompt_ids, max_new_tokens, temperature, top_p, rng, stop_at_eos) -> list[int]:
         capacity = len(prompt_ids) + max_new_tokens
         step = _SharedKvStep(self, capacity) if self._share_buffer else _ConcatKvStep(self)
         t0 = time.perf_counter()
@@ -133,7 +135,7 @@ class OnnxEngine:
         total = len(prompt_ids)
         while True:
             token = sample_next(logits, temperature, top_p, rng)
-            if token in self._eos:
+            if stop_at_eos and token in self._eos:
                 break
             out.append(token)
             if len(out) >= max_new_tokens:
@@ -141,15 +143,20 @@ class OnnxEngine:
             logits = step.run(np.asarray([[token]], dtype=np.int64), past_len=total)
             total += 1
         t2 = time.perf_counter()
-        del kv
         self.last_timing = Timing(len(prompt_ids), len(out), t1 - t0, t2 - t1)
         return out
 
     def next_token_logits(self, ids: list[int]) -> np.ndarray:
-        """Logits over the vocabulary at every position of `ids` (one prefill; for quality measurements)."""
+        """Logits over the vocabulary after every prefix of `ids`, shape (len(ids), vocab), for quality checks."""
         with self._lock:
             step = _SharedKvStep(self, len(ids)) if self._share_buffer else _ConcatKvStep(self)
-            return step.run(np.asarray([ids], dtype=np.int64), past_len=0, all_positions=True)
+            logits = step.run(np.asarray([ids], dtype=np.int64), past_len=0, all_positions=True)
+            if logits.shape[0] == len(ids):
+                return logits
+            # graphs exported with prune_lm_head give the last position only: feed the text one token at a time
+            step = _SharedKvStep(self, len(ids)) if self._share_buffer else _ConcatKvStep(self)
+            rows = [step.run(np.asarray([[token]], dtype=np.int64), past_len=i).copy() for i, token in enumerate(ids)]
+            return np.stack(rows)
 
     def warm_up(self) -> None:
         """One short greedy generation, so the first real request does not pay for allocations."""

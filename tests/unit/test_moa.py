@@ -6,7 +6,14 @@ import pytest
 
 from edge_agent.config import SYNTHESIS_SYSTEM_PROMPT
 from edge_agent.moa import (
-    Finish, LayerDone, MoaRun, MoaTimeouts, RunLocal, SendTask, inferences_per_prompt, proposal_messages,
+    Finish,
+    LayerDone,
+    MoaRun,
+    MoaTimeouts,
+    RunLocal,
+    SendTask,
+    inferences_per_prompt,
+    proposal_messages,
     synthesis_text,
 )
 from edge_agent.protocol import ErrorBody, UserRequest

@@ -6,7 +6,13 @@ import pytest
 
 from edge_agent.errors import ProtocolError
 from edge_agent.protocol import (
-    ResultMessage, TaskMessage, WireChatMessage, best_effort_route, decode_internal, decode_status, encode,
+    ResultMessage,
+    TaskMessage,
+    WireChatMessage,
+    best_effort_route,
+    decode_internal,
+    decode_status,
+    encode,
     parse_prompt_json,
 )
 from edge_agent.topics import Topics
@@ -19,7 +25,7 @@ def answer_topic(rid):
 
 
 def test_plain_text_prompt():
-    assert parse_prompt_json("Hello there".encode()).prompt == "Hello there"
+    assert parse_prompt_json(b"Hello there").prompt == "Hello there"
 
 
 def test_json_prompt_with_options():

@@ -1,11 +1,12 @@
 """Memory-aware admission and FCFS accounting, from numbers rather than from this machine's memory."""
 
+import random
+
 from edge_agent.engine import ChatMessage, GenerationRequest
 from edge_agent.memory import MB, MemoryReading, queue_cap_bytes, task_charge_bytes
 from edge_agent.peers import PeerTable, choose_peers
 from edge_agent.prompt_queue import PromptQueue, QueuedTask, admit
 from edge_agent.protocol import Status
-import random
 
 
 def task(task_id, charge):
