@@ -10,7 +10,8 @@ import asyncio
 import logging
 import random
 import time
-from collections import OrderedDict
+import statistics
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -85,6 +86,8 @@ class Agent:
         self._seen = SeenIds()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._busy = False
+        self._latencies: deque[float] = deque(maxlen=100)
+        self._counts = {"answered": 0, "failed": 0, "served": 0}
         self._discovering = True
         self._early_prompts: list[RawMessage] = []
         self._started = time.monotonic()
@@ -333,6 +336,7 @@ class Agent:
         route = ReplyRoute(topic=request.reply_topic, correlation_data=request.correlation_data,
                            request_id=request.request_id)
         if finish.error is not None:
+            self._counts["failed"] += 1
             log.warning("request %s failed: %s", request.request_id, finish.error.message)
             self._send_error(route, finish.error.code, finish.error.message)
             return
@@ -341,10 +345,13 @@ class Agent:
             layers=request.layers, proposers=request.proposers, latency_s=round(time.time() - request.received_at, 4),
             inferences=finish.inferences, trace=list(finish.trace),
         )
+        self._counts["answered"] += 1
+        self._latencies.append(answer.latency_s)
         log.info("answered %s in %.2fs (%d inferences)", request.request_id, answer.latency_s, answer.inferences)
         self._reply(route, encode(answer))
 
     def _send_error(self, route: ReplyRoute, code: str, message: str) -> None:
+        """Every refusal and failure ends here: one error on the request's reply route."""
         body = ErrorAnswer(request_id=route.request_id, device=self.device, error=ErrorBody(code=code, message=message))
         self._reply(route, encode(body))
 
@@ -367,6 +374,7 @@ class Agent:
 
     def _on_inference_done(self, task: QueuedTask, future: asyncio.Future) -> None:
         self._busy = False
+        self._counts["served"] += 1
         self.queue.release(task.task_id)
         text, error, seconds, new_tokens = None, None, 0.0, 0
         try:
@@ -452,7 +460,8 @@ class Agent:
             queue_cap_bytes=queue_cap_bytes(reading, fraction=q.memory_fraction, reserve_bytes=q.reserve_mb * 2**20),
             memory_available_bytes=reading.available_bytes, busy=self._busy, version=__version__,
             uptime_s=round(time.monotonic() - self._started, 1), heartbeat_s=self.config.agent.heartbeat_s,
-            sent_at=time.time(),
+            latency_p50_s=round(statistics.median(self._latencies), 3) if self._latencies else None,
+            sent_at=time.time(), **self._counts,
         )
         self._transport.publish(self.topics.status(self.device), encode(status), qos=1, retain=True)
 

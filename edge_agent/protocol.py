@@ -179,6 +179,10 @@ class Status(Frozen):
     version: str | None = None
     uptime_s: float | None = None
     heartbeat_s: float | None = None
+    answered: int | None = None  # own users' prompts answered since start
+    failed: int | None = None  # own users' prompts that got an error
+    served: int | None = None  # inferences run (own and peers')
+    latency_p50_s: float | None = None  # over the last 100 answers to own users
     sent_at: float | None = None  # sender's wall clock
 
 
