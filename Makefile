@@ -23,7 +23,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 # The model-export tools (torch, transformers, ...) are a workstation step, never needed on a board.
+# torch first, pinned: 2.13.0 is the CPU build (an unpinned torch pulls a multi-GB CUDA build).
 $(VENV)/.installed-export: pyproject.toml | $(STAMP)
+	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,export]'
 	touch $@
 
@@ -44,13 +46,14 @@ system-deps:
 	  fi; \
 	fi
 
+# Built once, cached in ~/.cache/edge-moa/models (EDGE_MOA_MODEL_DIR); `model build` skips a verified build.
 default-model: install-export
 	$(BIN)/edge-moa model build smollm2-135m-instruct
 
 demo: install system-deps default-model
 	$(BIN)/edge-moa demo
 
-test: install-export system-deps
+test: install-export system-deps default-model
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
