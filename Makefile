@@ -3,7 +3,10 @@ VENV      ?= .venv
 PYTHON    ?= python3
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
-APT_PKGS  := mosquitto mosquitto-clients
+# mosquitto for every test; openssl, iproute2, iptables, systemd (systemd-analyze) and util-linux (unshare)
+# for provisioning and the emulated fleet in network namespaces.
+APT_PKGS  := mosquitto mosquitto-clients openssl iproute2 iptables systemd util-linux
+APT_CMDS  := mosquitto mosquitto_pub openssl ip iptables systemd-analyze unshare
 PYTEST_ARGS ?=
 
 .PHONY: demo test install install-export system-deps default-model lint clean help
@@ -33,15 +36,15 @@ install-export: $(VENV)/.installed-export
 
 system-deps:
 	@missing=""; \
-	for cmd in mosquitto mosquitto_pub; do \
-	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing=yes; \
+	for cmd in $(APT_CMDS); do \
+	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || [ -x /sbin/$$cmd ] || missing=yes; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing $(APT_PKGS) with apt-get"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \
 	  else \
-	    echo "error: Mosquitto is missing. Run: sudo apt-get install -y $(APT_PKGS)   (or run make as root)"; \
+	    echo "error: system packages missing. Run: sudo apt-get install -y $(APT_PKGS)   (or run make as root)"; \
 	    exit 1; \
 	  fi; \
 	fi

@@ -95,7 +95,9 @@ def add_broker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mqtt-protocol", choices=["v5", "v311"], default="v5")
     parser.add_argument("--username")
     parser.add_argument("--password-file", type=Path)
-    parser.add_argument("--tls-ca-file")
+    parser.add_argument("--tls-ca-file", help="CA certificate (turns TLS on)")
+    parser.add_argument("--tls-cert-file", help="client certificate, for mutual TLS")
+    parser.add_argument("--tls-key-file", help="client key, for mutual TLS")
 
 
 def broker_from_args(args: argparse.Namespace):
@@ -104,7 +106,8 @@ def broker_from_args(args: argparse.Namespace):
     host, port = parse_broker_address(args.broker)
     password = args.password_file.read_text().strip() if args.password_file else None
     return BrokerSettings(host=host, port=port, protocol=args.mqtt_protocol, username=args.username,
-                          password=password, tls_ca_file=args.tls_ca_file)
+                          password=password, tls_ca_file=args.tls_ca_file, tls_cert_file=args.tls_cert_file,
+                          tls_key_file=args.tls_key_file)
 
 
 def setup_logging(verbosity: int) -> None:

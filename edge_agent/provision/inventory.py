@@ -1,0 +1,193 @@
+"""The operator's description of a fleet (TOML): mesh settings, boards, links between them, user apps."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..config import DEFAULT_MODEL, DEVICE_ID_PATTERN
+from ..errors import ConfigError
+
+HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,252})$"  # an IPv4 address or a DNS name (IPv6 refused below)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MeshSettings(_Model):
+    name: str = Field("edge-moa", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Mesh name, in the CA's name.")
+    topic_root: str = Field("moa/v1", pattern=r"^[^#+/\s]+(/[^#+/\s]+)*$", description="Prefix of topics.")
+    layers: int = Field(1, ge=0, description="Default M of every agent.")
+    proposers: int = Field(2, ge=0, description="Default k of every agent.")
+    tls: bool = Field(True, description="TLS on every listener and bridge.")
+    mutual_tls: bool = Field(True, description="With tls: every client (agents, bridges, apps) shows a cert.")
+    port: int | None = Field(None, ge=1, le=65535, description="Broker port (default 8883 with TLS, else 1883).")
+    bind: str = Field("", description="Listen address of every broker ('' = all interfaces).")
+    engine: Literal["onnx", "synthetic"] = Field("onnx", description="Inference engine of every agent.")
+    model: str = Field(DEFAULT_MODEL, description="Default model (catalogue name or path on the board).")
+    memory_max_mb: int = Field(1536, ge=64, description="systemd MemoryMax of the agent; the queue cap obeys it.")
+    broker_queue_messages: int = Field(10000, ge=100, description="Mosquitto max_queued_messages per client.")
+    broker_queue_mb: int = Field(32, ge=1, description="Mosquitto max_queued_bytes per client, in MiB.")
+    broker_memory_mb: int = Field(256, ge=16, description="Mosquitto memory_limit: refuse messages beyond it.")
+    bridge_keepalive_s: int = Field(15, ge=5, description="Bridge keepalive: how soon a dead link is noticed.")
+    bridge_protocol: Literal["mqttv50", "mqttv311"] = Field(
+        "mqttv50", description="mqttv50: MQTT v5 properties (Response Topic) cross bridges, but the parent drops "
+        "the bridge's session during an outage; mqttv311: the parent queues for the child, properties are lost.")
+    install_dir: Path = Field(Path("/opt/edge-moa"), description="Where install.sh puts the venv on a board.")
+    package: str = Field("edge-moa", description="pip requirement install.sh installs (unless a wheel is bundled).")
+    cert_days: int = Field(825, ge=1, description="Validity of issued board and user certificates.")
+
+    @property
+    def listen_port(self) -> int:
+        return self.port or (8883 if self.tls else 1883)
+
+
+class Board(_Model):
+    id: str = Field(pattern=DEVICE_ID_PATTERN, description="Device id; also its broker user name.")
+    address: str = Field(pattern=HOST_PATTERN, description="Address other boards' bridges connect to.")
+    port: int | None = Field(None, ge=1, le=65535, description="Broker port, if not the mesh's.")
+    bind: str | None = Field(None, description="Listen address, if not the mesh's.")
+    model: str | None = Field(None, description="Model, if not the mesh's.")
+    memory_max_mb: int | None = Field(None, ge=64, description="Agent MemoryMax, if not the mesh's.")
+    threads: int = Field(0, ge=0, description="Inference threads (0 = all cores).")
+    role: Literal["board", "hub"] = Field("board", description="hub: root of the bridge tree (at most one).")
+    neighbours: tuple[str, ...] = Field((), description="Boards linked to this one (cost 1).")
+
+    @model_validator(mode="after")
+    def _not_ipv6(self) -> Board:
+        # A bridge's `address` is host:port with no brackets in Mosquitto 2.0: an IPv6 literal is ambiguous.
+        if ":" in self.address:
+            raise ValueError(f"board {self.id!r}: give an IPv4 address or a DNS name, not {self.address!r}")
+        return self
+
+
+class Link(_Model):
+    between: tuple[str, str] = Field(description="The two board ids.")
+    cost: float = Field(1.0, gt=0, description="Lower is better (latency, hops, money).")
+    preferred: bool = Field(False, description="Operator's choice: enters the tree before any other link.")
+
+
+class User(_Model):
+    name: str = Field(pattern=DEVICE_ID_PATTERN, description="Broker user name of a user app.")
+    devices: tuple[str, ...] = Field(("*",), description="Devices it may prompt and read answers of ('*' = all).")
+
+
+class Inventory(_Model):
+    mesh: MeshSettings = MeshSettings()
+    boards: tuple[Board, ...] = Field(min_length=1)
+    links: tuple[Link, ...] = ()
+    users: tuple[User, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Inventory:
+        ids = [board.id for board in self.boards]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate board ids: {', '.join(duplicates)}")
+        known = set(ids)
+        for user in self.users:
+            if user.name in known:
+                raise ValueError(f"user {user.name!r} has the id of a board; broker user names must be unique")
+            unknown = [d for d in user.devices if d != "*" and d not in known]
+            if unknown:
+                raise ValueError(f"user {user.name!r} names unknown devices: {', '.join(unknown)}")
+        names = [user.name for user in self.users]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate user names")
+        for board in self.boards:
+            for other in board.neighbours:
+                if other not in known:
+                    raise ValueError(f"board {board.id!r} lists unknown neighbour {other!r}")
+                if other == board.id:
+                    raise ValueError(f"board {board.id!r} lists itself as a neighbour")
+        for link in self.links:
+            a, b = link.between
+            for end in (a, b):
+                if end not in known:
+                    raise ValueError(f"link {a} - {b} names unknown board {end!r}")
+            if a == b:
+                raise ValueError(f"link {a} - {b} joins a board to itself")
+        hubs = [board.id for board in self.boards if board.role == "hub"]
+        if len(hubs) > 1:
+            raise ValueError(f"at most one hub, found {', '.join(hubs)}")
+        endpoints = [(self.port_of(b), b.address) for b in self.boards]
+        clashes = sorted({f"{addr}:{port}" for port, addr in endpoints if endpoints.count((port, addr)) > 1})
+        if clashes:
+            raise ValueError(f"boards share an address and port: {', '.join(clashes)}")
+        return self
+
+    def board(self, board_id: str) -> Board:
+        return next(b for b in self.boards if b.id == board_id)
+
+    def port_of(self, board: Board) -> int:
+        return board.port or self.mesh.listen_port
+
+    def bind_of(self, board: Board) -> str:
+        return self.mesh.bind if board.bind is None else board.bind
+
+    def model_of(self, board: Board) -> str:
+        return board.model or self.mesh.model
+
+    def memory_max_mb_of(self, board: Board) -> int:
+        return board.memory_max_mb or self.mesh.memory_max_mb
+
+    def all_links(self) -> tuple[Link, ...]:
+        """[[links]] plus the boards' `neighbours`, one Link per pair; an explicit [[links]] entry wins."""
+        merged: dict[frozenset[str], Link] = {}
+        for board in self.boards:
+            for other in board.neighbours:
+                key = frozenset((board.id, other))
+                merged.setdefault(key, Link(between=tuple(sorted(key))))
+        for link in self.links:
+            merged[frozenset(link.between)] = link
+        return tuple(merged[key] for key in sorted(merged, key=sorted))
+
+
+def is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_inventory(data: dict) -> Inventory:
+    try:
+        return Inventory.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_problem(err, data) for err in exc.errors()]) from None
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([(str(path), None, f"cannot read: {exc.strerror}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(str(path), None, f"not valid TOML: {exc}")]) from None
+    return parse_inventory(data)
+
+
+def _problem(err: dict, data: dict) -> tuple[str, object, str]:
+    loc = [str(part) for part in err["loc"]]
+    value: object = data
+    for part in loc:
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and re.fullmatch(r"\d+", part) and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            value = None
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif err["type"] == "string_pattern_mismatch":
+        message = f"must match {err['ctx']['pattern']}"
+    return (".".join(loc) or "(top)", value, message)
