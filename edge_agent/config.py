@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import ConfigError
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+M = TypeVar("M", bound=BaseModel)
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 # Wang et al. (2024), quoted in the paper (Sec. II) and used by its code.
@@ -115,30 +116,44 @@ class AgentConfig(Section):
 
 def parse_config(data: dict, base_dir: Path | None = None) -> AgentConfig:
     """Validate a config mapping; relative paths are taken relative to `base_dir` (the file's folder)."""
-    try:
-        config = AgentConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError([_problem(err, data) for err in exc.errors()]) from None
+    config = validate_toml_model(AgentConfig, data)
     return _resolve_paths(config, base_dir) if base_dir else config
 
 
 def load_config(path: str | Path) -> AgentConfig:
+    return parse_config(read_toml(path), base_dir=Path(path).parent)
+
+
+def read_toml(path: str | Path) -> dict:
+    """A TOML file as a dict, or a ConfigError naming the file and what is wrong with it."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError([(str(path), None, f"cannot read: {exc.strerror}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(str(path), None, f"not valid TOML: {exc}")]) from None
-    return parse_config(data, base_dir=path.parent)
+
+
+def validate_toml_model(model: type[M], data: dict) -> M:
+    """Validate with pydantic; every problem reported as (key path, value, message)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_problem(err, data) for err in exc.errors()]) from None
 
 
 def _problem(err: dict, data: dict) -> tuple[str, object, str]:
     loc = [str(part) for part in err["loc"]]
     value: object = data
     for part in loc:
-        value = value.get(part) if isinstance(value, dict) else None
-    message = err["msg"]
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            value = None
+    message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         message = "unknown key"
     elif err["type"] == "string_pattern_mismatch":

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from pathlib import Path
 from typing import Literal
 
-import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..config import DEFAULT_MODEL, DEVICE_ID_PATTERN
-from ..errors import ConfigError
+from ..config import DEFAULT_MODEL, DEVICE_ID_PATTERN, read_toml, validate_toml_model
 
 HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,252})$"  # an IPv4 address or a DNS name (IPv6 refused below)
 
@@ -158,36 +155,8 @@ def is_ip_address(host: str) -> bool:
 
 
 def parse_inventory(data: dict) -> Inventory:
-    try:
-        return Inventory.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError([_problem(err, data) for err in exc.errors()]) from None
+    return validate_toml_model(Inventory, data)
 
 
 def load_inventory(path: str | Path) -> Inventory:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([(str(path), None, f"cannot read: {exc.strerror}")]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([(str(path), None, f"not valid TOML: {exc}")]) from None
-    return parse_inventory(data)
-
-
-def _problem(err: dict, data: dict) -> tuple[str, object, str]:
-    loc = [str(part) for part in err["loc"]]
-    value: object = data
-    for part in loc:
-        if isinstance(value, dict):
-            value = value.get(part)
-        elif isinstance(value, list) and re.fullmatch(r"\d+", part) and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            value = None
-    message = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif err["type"] == "string_pattern_mismatch":
-        message = f"must match {err['ctx']['pattern']}"
-    return (".".join(loc) or "(top)", value, message)
+    return parse_inventory(read_toml(path))
