@@ -137,8 +137,8 @@ class Agent:
                 await asyncio.get_running_loop().run_in_executor(None, self._transport.connect)
                 return
             except TransportError as exc:
-                if "refused" in str(exc) and "CONNACK" not in str(exc):
-                    raise  # bad credentials or not authorised: retrying will not help
+                if not exc.retryable:
+                    raise
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.mqtt.reconnect_max_s)

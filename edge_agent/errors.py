@@ -37,6 +37,10 @@ class ProtocolError(EdgeMoaError):
 class TransportError(EdgeMoaError):
     code = "transport"
 
+    def __init__(self, message: str, *, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable  # False when the broker refused us (credentials, ACL): retrying cannot help
+
 
 class QueueFullError(EdgeMoaError):
     code = "queue_full"

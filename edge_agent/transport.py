@@ -130,8 +130,10 @@ class PahoTransport:
         self._client.loop_start()
         if not self._connected.wait(timeout_s):
             self._client.loop_stop()
-            reason = self._refused or f"no CONNACK within {timeout_s}s"
-            raise TransportError(f"broker {self.settings.host}:{self.settings.port} refused us: {reason}")
+            where = f"broker {self.settings.host}:{self.settings.port}"
+            if self._refused:
+                raise TransportError(f"{where} refused us: {self._refused}", retryable=False)
+            raise TransportError(f"{where} did not answer our CONNECT within {timeout_s}s")
 
     def close(self) -> None:
         """Disconnect cleanly (no will) and stop the network thread."""
