@@ -9,7 +9,7 @@ APT_PKGS  := mosquitto mosquitto-clients openssl iproute2 iptables systemd util-
 APT_CMDS  := mosquitto mosquitto_pub openssl ip iptables systemd-analyze unshare
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-export system-deps default-model lint clean help
+.PHONY: demo test install install-export system-deps default-model test-models lint clean help
 
 help:
 	@echo "make demo   - local broker + 4 agents with the default model, sample prompts answered"
@@ -56,7 +56,13 @@ default-model: install-export
 demo: install system-deps default-model
 	$(BIN)/edge-moa demo
 
-test: install-export system-deps default-model
+# What the slow model tests use besides the tiny model the suite builds itself: the fp32 reference (quality, KL)
+# and the Gemma 3 270M entry. Each is built once and cached.
+test-models: default-model
+	$(BIN)/edge-moa model build smollm2-135m-instruct --precision fp32 --name smollm2-135m-instruct-fp32
+	$(BIN)/edge-moa model build gemma3-270m
+
+test: install-export system-deps test-models
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -42,7 +42,15 @@ class Timing:
 class OnnxEngine:
     """One loaded model. `generate` must run on one thread at a time (the agent's inference thread)."""
 
-    def __init__(self, model_dir: str | Path, *, threads: int = 0, seed: int | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        threads: int = 0,
+        seed: int | None = None,
+        share_kv_buffer: bool | None = None,
+    ):
+        """`share_kv_buffer=None` follows the manifest; False forces the copying loop (for comparisons)."""
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.model_dir)
         self.model_id = self.manifest.name
@@ -61,19 +69,32 @@ class OnnxEngine:
             raise InferenceError(f"cannot load the tokenizer of {self.model_dir}: {exc}") from exc
         self._session = _create_session(self.model_dir / self.manifest.graph, threads)
         names = {i.name: i for i in self._session.get_inputs()}
-        self._past_names = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value")
-                            for i in range(self.manifest.kv.num_layers)]
-        self._present_names = [(f"present.{i}.key", f"present.{i}.value") for i in range(self.manifest.kv.num_layers)]
+        self._past_names = [
+            (f"past_key_values.{i}.key", f"past_key_values.{i}.value")
+            for i in range(self.manifest.kv.num_layers)
+        ]
+        self._present_names = [
+            (f"present.{i}.key", f"present.{i}.value") for i in range(self.manifest.kv.num_layers)
+        ]
         missing = [n for pair in self._past_names for n in pair if n not in names]
         if missing or "input_ids" not in names:
             raise InferenceError(f"{self.model_dir}: the graph lacks inputs {missing or ['input_ids']}")
         self._kv_dtype = _NUMPY_DTYPES.get(names[self._past_names[0][0]].type, np.float32)
         self._has_position_ids = "position_ids" in names
         self._has_attention_mask = "attention_mask" in names
-        self._share_buffer = self.manifest.past_present_share_buffer
+        self._share_buffer = (
+            self.manifest.past_present_share_buffer if share_kv_buffer is None else share_kv_buffer
+        )
+        self._stop_strings = tuple(self.manifest.stop_strings)
         self._lock = threading.Lock()
-        log.info("loaded %s from %s (%s, %d threads, shared KV buffer: %s)", self.model_id, self.model_dir,
-                 self.manifest.precision, threads, self._share_buffer)
+        log.info(
+            "loaded %s from %s (%s, %d threads, shared KV buffer: %s)",
+            self.model_id,
+            self.model_dir,
+            self.manifest.precision,
+            threads,
+            self._share_buffer,
+        )
 
     # -- text <-> tokens -------------------------------------------------------------------------------------
 
@@ -95,14 +116,32 @@ class OnnxEngine:
         started = time.perf_counter()
         prompt_ids = self.encode(self.render_prompt(request.messages))
         new_ids = self.generate_ids(
-            prompt_ids, max_new_tokens=request.max_new_tokens, temperature=request.temperature,
-            top_p=request.top_p, seed=request.seed,
+            prompt_ids,
+            max_new_tokens=request.max_new_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
         )
-        return Generation(text=self.decode(new_ids), prompt_tokens=len(prompt_ids), new_tokens=len(new_ids),
-                          seconds=time.perf_counter() - started)
+        text = self.decode(new_ids)
+        for stop in self._stop_strings:  # base models run on into the next "Question:": cut there
+            text = text.split(stop, 1)[0]
+        return Generation(
+            text=text,
+            prompt_tokens=len(prompt_ids),
+            new_tokens=len(new_ids),
+            seconds=time.perf_counter() - started,
+        )
 
-    def generate_ids(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0,
-                     top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True) -> list[int]:
+    def generate_ids(
+        self,
+        prompt_ids: list[int],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_at_eos: bool = True,
+    ) -> list[int]:
         """New token ids after `prompt_ids`, without the stop token. Greedy when temperature is 0.
 
         `stop_at_eos=False` (benchmarks) always generates `max_new_tokens`.
@@ -117,15 +156,21 @@ class OnnxEngine:
                 f"{self.model_id} ({self.context_length} tokens)"
             )
         rng = np.random.default_rng(seed) if seed is not None else self._rng
+        stop = self._hit_stop_string if self._stop_strings and stop_at_eos else None
         with self._lock:
             try:
-                return self._loop(prompt_ids, max_new_tokens, temperature, top_p, rng, stop_at_eos)
+                return self._loop(prompt_ids, max_new_tokens, temperature, top_p, rng, stop_at_eos, stop)
             except (InferenceError, KeyboardInterrupt):
                 raise
-            except Exception as exc:  # onnxruntime's pybind exceptions (Fail, InvalidArgument, ...) and MemoryError
+            # onnxruntime's pybind exceptions (Fail, InvalidArgument, ...) and MemoryError
+            except Exception as exc:
                 raise InferenceError(f"{self.model_id}: inference failed: {exc}") from exc
 
-    def _loop(self, prompt_ids, max_new_tokens, temperature, top_p, rng, stop_at_eos) -> list[int]:
+    def _hit_stop_string(self, out: list[int]) -> bool:
+        tail = self.decode(out[-16:])  # a stop string spans a few tokens at most
+        return any(stop in tail for stop in self._stop_strings)
+
+    def _loop(self, prompt_ids, max_new_tokens, temperature, top_p, rng, stop_at_eos, stop) -> list[int]:
         capacity = len(prompt_ids) + max_new_tokens
         step = _SharedKvStep(self, capacity) if self._share_buffer else _ConcatKvStep(self)
         t0 = time.perf_counter()
@@ -138,7 +183,7 @@ class OnnxEngine:
             if stop_at_eos and token in self._eos:
                 break
             out.append(token)
-            if len(out) >= max_new_tokens:
+            if len(out) >= max_new_tokens or (stop is not None and stop(out)):
                 break
             logits = step.run(np.asarray([[token]], dtype=np.int64), past_len=total)
             total += 1
@@ -155,13 +200,18 @@ class OnnxEngine:
                 return logits
             # graphs exported with prune_lm_head give the last position only: feed the text one token at a time
             step = _SharedKvStep(self, len(ids)) if self._share_buffer else _ConcatKvStep(self)
-            rows = [step.run(np.asarray([[token]], dtype=np.int64), past_len=i).copy() for i, token in enumerate(ids)]
+            rows = [
+                step.run(np.asarray([[token]], dtype=np.int64), past_len=i).copy()
+                for i, token in enumerate(ids)
+            ]
             return np.stack(rows)
 
     def warm_up(self) -> None:
         """One short greedy generation, so the first real request does not pay for allocations."""
         started = time.perf_counter()
-        self.generate(GenerationRequest(messages=(ChatMessage("user", "Hello"),), max_new_tokens=2, temperature=0))
+        self.generate(
+            GenerationRequest(messages=(ChatMessage("user", "Hello"),), max_new_tokens=2, temperature=0)
+        )
         log.info("warmed up %s in %.2f s", self.model_id, time.perf_counter() - started)
 
     def close(self) -> None:

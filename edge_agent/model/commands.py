@@ -1,0 +1,101 @@
+"""The `edge-moa model` command: build, list, verify."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import EdgeMoaError
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("model", help="build, list and verify board-ready models")
+    commands = parser.add_subparsers(dest="model_command", required=True)
+
+    build = commands.add_parser("build", help="build a model from the catalogue, a GGUF file or a checkpoint")
+    build.add_argument(
+        "source", help="catalogue name (see `model list`), a .gguf file or a checkpoint directory"
+    )
+    build.add_argument(
+        "--precision", choices=("int4", "int8", "fp32"), help="weight precision (default: catalogue's)"
+    )
+    build.add_argument("--out", type=Path, help="output directory (default: $EDGE_MOA_MODEL_DIR/NAME)")
+    build.add_argument("--name", help="model name in the manifest (default: catalogue name or file name)")
+    build.add_argument("--work-dir", type=Path, help="where downloads and intermediate files go")
+    build.add_argument("--force", action="store_true", help="rebuild even if already built")
+    build.add_argument(
+        "--requantize",
+        action="store_true",
+        help="let the builder re-quantize a GGUF's weights instead of copying them exactly "
+        "(faster decode, lower quality)",
+    )
+    build.set_defaults(func=_build)
+
+    listing = commands.add_parser("list", help="catalogue models and whether they are built")
+    listing.set_defaults(func=_list)
+
+    verify = commands.add_parser("verify", help="check a built model's hashes and that it loads and answers")
+    verify.add_argument("model", help="catalogue name or model directory")
+    verify.add_argument("--no-load", action="store_true", help="check hashes only")
+    verify.set_defaults(func=_verify)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import build_model
+
+    try:
+        out = build_model(
+            args.source,
+            precision=args.precision,
+            out_dir=args.out,
+            work_dir=args.work_dir,
+            name=args.name,
+            force=args.force,
+            exact=not args.requantize,
+        )
+    except EdgeMoaError as exc:
+        print(f"model build failed: {exc}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from .catalogue import load_catalogue
+    from .manifest import read_manifest
+    from .store import is_built, model_dir_for
+
+    catalogue = load_catalogue()
+    if not catalogue:
+        print("no catalogue found (models/catalogue.toml is part of a source checkout)")
+    for name, entry in sorted(catalogue.items()):
+        path = model_dir_for(name)
+        state = "not built"
+        if is_built(path):
+            manifest = read_manifest(path)
+            size = sum(p.stat().st_size for p in path.iterdir() if p.is_file()) / 1e6
+            state = f"built {manifest.precision}, {size:.0f} MB in {path}"
+        print(f"{name:28} {entry.template_kind:10} {entry.licence:12} {state}")
+        print(f"{'':28} {entry.description}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .build import verify_model
+    from .store import resolve_model_dir
+
+    try:
+        path = resolve_model_dir(args.model)
+        problems = verify_model(path, load=not args.no_load)
+    except EdgeMoaError as exc:
+        print(f"model verify failed: {exc}", file=sys.stderr)
+        return 1
+    for problem in problems:
+        print(f"{path}: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{path}: ok")
+    return 1 if problems else 0

@@ -1,0 +1,208 @@
+"""Put a GGUF's own 4-bit weights into the builder's MatMulNBits nodes, bit for bit (no second quantization).
+
+A Q4_1 block (32 weights) is `w = d*q + m` with q in 0..15. MatMulNBits' fast symmetric int4 kernel computes
+`scale*(q - 8)`, so with scale = d the rest is a per-block constant c = m + 8d, and
+`x . w = d * sum_k x_k (q_k - 8) + c * sum_k x_k`: the node keeps the exact nibbles and scales, and a small dense
+MatMul of the input's 32-element block sums by C (K/32 x N) adds the remainder. Q4_0 (`d*(q-8)`) needs no
+remainder. Re-rounding the dequantized weights instead moved the next-token distribution by KL 0.31 (issue 3).
+Other GGUF types keep the builder's own quantization.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_BLOCK = 32
+# builder initializer prefix -> GGUF tensor names (concatenated along the output dimension)
+_LAYER_MAP = {
+    "attn.qkv_proj": ("attn_q", "attn_k", "attn_v"),
+    "attn.q_proj": ("attn_q",),
+    "attn.k_proj": ("attn_k",),
+    "attn.v_proj": ("attn_v",),
+    "attn.o_proj": ("attn_output",),
+    "mlp.gate_proj": ("ffn_gate",),
+    "mlp.up_proj": ("ffn_up",),
+    "mlp.gate_up_proj": ("ffn_gate", "ffn_up"),  # builder option fuse_mlp_gate_up=true
+    "mlp.down_proj": ("ffn_down",),
+}
+_NAME = re.compile(r"^model\.layers\.(\d+)\.(attn\.\w+|mlp\.\w+)\.MatMul\.weight_Q4$")
+
+
+def unpack_blocks(tensor_type: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(q uint8 [N, nb, 32], d float32 [N, nb], m float32 [N, nb]) with w = d*q + m; None for other types."""
+    rows = raw.shape[0]
+    if tensor_type == "Q4_1":
+        blocks = raw.reshape(rows, -1, 20)
+        d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+        m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+        nibbles = blocks[..., 4:20]
+    elif tensor_type == "Q4_0":
+        blocks = raw.reshape(rows, -1, 18)
+        d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+        m = -8.0 * d
+        nibbles = blocks[..., 2:18]
+    else:
+        return None
+    # ggml packs weight j (< 16) in the low nibble of byte j and weight j + 16 in its high nibble
+    q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1).astype(np.uint8)
+    return q, d, m
+
+
+def pack_for_matmul_nbits(q: np.ndarray) -> np.ndarray:
+    """MatMulNBits packs weights 2k and 2k+1 of a block into byte k (low nibble first)."""
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+
+
+def reverse_permute(rows: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation (convert_hf_to_gguf), as transformers' GGUF loader does."""
+    dim = rows.shape[0] // n_head // 2
+    return rows.reshape(n_head, dim, 2, *rows.shape[1:]).swapaxes(2, 1).reshape(rows.shape)
+
+
+def apply_exact_weights(model_dir: Path, gguf: Path, *, num_heads: int, num_kv_heads: int) -> int:
+    """Rewrite model.onnx (+ .data) in place; returns how many MatMulNBits nodes now carry the GGUF's weights."""
+    import onnx
+    from gguf import GGUFReader
+    from onnx import helper, numpy_helper
+
+    reader = GGUFReader(str(gguf))
+    tensors = {t.name: t for t in reader.tensors}
+    model = onnx.load(str(model_dir / "model.onnx"))
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    new_nodes, replaced, block_sums = [], 0, {}
+    for node in graph.node:
+        new_nodes.append(node)
+        if node.op_type != "MatMulNBits" or not (match := _NAME.match(node.input[1])):
+            continue
+        layer, kind = int(match.group(1)), match.group(2)
+        names = [f"blk.{layer}.{part}.weight" for part in _LAYER_MAP.get(kind, ())]
+        if not names or not all(n in tensors for n in names):
+            continue
+        unpacked = [unpack_blocks(tensors[n].tensor_type.name, np.asarray(tensors[n].data)) for n in names]
+        if any(u is None for u in unpacked):
+            continue
+        parts = []
+        for name, (q, d, m) in zip(names, unpacked):  # type: ignore[misc]
+            if name.endswith("attn_q.weight"):
+                q, d, m = (reverse_permute(a, num_heads) for a in (q, d, m))
+            elif name.endswith("attn_k.weight"):
+                q, d, m = (reverse_permute(a, num_kv_heads) for a in (q, d, m))
+            parts.append((q, d, m))
+        q = np.concatenate([p[0] for p in parts])
+        d = np.concatenate([p[1] for p in parts])
+        m = np.concatenate([p[2] for p in parts])
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        n_out, k_in, n_blocks = attrs["N"], attrs["K"], q.shape[1]
+        if (
+            attrs.get("bits") != 4
+            or attrs.get("block_size") != _BLOCK
+            or q.shape[0] != n_out
+            or n_blocks * _BLOCK != k_in
+        ):
+            log.warning("%s: shapes differ from the GGUF's, keeping the builder's weights", node.name)
+            continue
+        b_name, s_name = node.input[1], node.input[2]
+        inits[b_name].CopyFrom(numpy_helper.from_array(pack_for_matmul_nbits(q), b_name))
+        inits[s_name].CopyFrom(numpy_helper.from_array(d.reshape(-1), s_name))
+        del node.input[3:]  # no zero points: the symmetric kernel's implicit 8
+        correction = m + 8.0 * d
+        if np.any(correction != 0):
+            x = node.input[0]
+            if x not in block_sums:
+                # one MatMul by a 0/1 block indicator (K x K/32): fewer nodes than Reshape + ReduceSum
+                indicator_name, sums = f"block_indicator_{k_in}", f"{x}/block_sums"
+                if indicator_name not in inits:  # one per input width, shared by every layer
+                    indicator = np.repeat(np.eye(n_blocks, dtype=np.float32), _BLOCK, axis=0)
+                    inits[indicator_name] = numpy_helper.from_array(indicator, indicator_name)
+                    graph.initializer.append(inits[indicator_name])
+                new_nodes.append(
+                    helper.make_node("MatMul", [x, indicator_name], [sums], name=f"{x}/BlockSums")
+                )
+                block_sums[x] = sums
+            c_name, y = f"{b_name}.block_offsets", node.output[0]
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(correction.T), c_name))
+            node.output[0] = f"{y}/nbits"
+            new_nodes.append(
+                helper.make_node(
+                    "MatMul", [block_sums[x], c_name], [f"{y}/offsets"], name=f"{node.name}/offsets"
+                )
+            )
+            new_nodes.append(
+                helper.make_node("Add", [f"{y}/nbits", f"{y}/offsets"], [y], name=f"{node.name}/add")
+            )
+        replaced += 1
+    replaced += _exact_output_head(graph, inits, tensors)
+    stale_shapes = [v for v in graph.value_info if v.name.startswith("/model/embed_tokens/")]
+    for value in stale_shapes:
+        graph.value_info.remove(value)
+    # still topological: each inserted node follows its inputs' producers and precedes the old output's users
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    (model_dir / "model.onnx.data").unlink(missing_ok=True)
+    onnx.save_model(
+        model,
+        str(model_dir / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=1024,
+    )
+    return replaced
+
+
+def _exact_output_head(graph, inits: dict, tensors: dict) -> int:
+    """Q8_0 output head (and the embedding that shares it) -> 8-bit MatMulNBits / GatherBlockQuantized, exactly.
+
+    Q8_0 is `w = d*q` with q in -127..127; 8-bit MatMulNBits computes `scale*(u - 128)`, so u = q + 128.
+    """
+    from onnx import helper, numpy_helper
+
+    source = tensors.get("output.weight") or tensors.get("token_embd.weight")
+    head = next(
+        (n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1].startswith("lm_head.")), None
+    )
+    if source is None or head is None or source.tensor_type.name != "Q8_0":
+        return 0
+    raw = np.asarray(source.data)
+    blocks = raw.reshape(raw.shape[0], -1, 34)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    u = (blocks[..., 2:34].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+    n_out, n_blocks = d.shape
+    attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+    if attrs["N"] != n_out or attrs["K"] != n_blocks * _BLOCK or attrs["block_size"] != _BLOCK:
+        return 0
+    b_name, s_name = "lm_head.MatMul.weight_Q8_exact", "lm_head.MatMul.weight_scales_exact"
+    graph.initializer.extend([numpy_helper.from_array(u, b_name), numpy_helper.from_array(d, s_name)])
+    head.input[1], head.input[2] = b_name, s_name
+    del head.input[3:]
+    for attribute in head.attribute:
+        if attribute.name == "bits":
+            attribute.i = 8
+    tied = source.name == "token_embd.weight"
+    for node in graph.node:
+        if node.op_type != "GatherBlockQuantized" or not tied:
+            continue
+        reshape = next((n for n in graph.node if node.input[0] in n.output and n.op_type == "Reshape"), None)
+        shape_name = f"{b_name}/embedding_shape"
+        graph.initializer.append(
+            numpy_helper.from_array(np.array([n_out, n_blocks * _BLOCK], np.int64), shape_name)
+        )
+        if reshape is not None:
+            reshape.input[0], reshape.input[1] = b_name, shape_name
+        node.input[2] = s_name
+        del node.input[3:]
+        for attribute in node.attribute:
+            if attribute.name == "bits":
+                attribute.i = 8
+    used = {i for n in graph.node for i in n.input}
+    stale = [init for init in graph.initializer if init.name.startswith("lm_head.") and init.name not in used]
+    for init in stale:
+        graph.initializer.remove(init)
+    return 1

