@@ -88,3 +88,23 @@ def test_full_queues_answer_queue_full_to_users_and_busy_to_peers(broker):
     dropped = {e["device"]: e["outcome"] for e in moa["trace"][0]["dropped"]}
     assert dropped.get("agent2") == "busy", moa
     assert "agent2" not in [e["device"] for e in moa["trace"][0]["answered"]]
+
+
+def test_agents_reconnect_after_their_broker_restarts(tiny_model_dir):
+    from edge_agent.mosquitto import MosquittoProcess
+
+    broker = MosquittoProcess().start()
+    try:
+        mesh = LocalMesh(3, engine={"model": str(tiny_model_dir), "threads": 1}, moa={"max_new_tokens": 8},
+                         broker=broker, topic_root=f"test/{uuid.uuid4().hex[:8]}")
+        with mesh:
+            broker.stop()
+            time.sleep(1.0)
+            broker.start()
+            mesh.wait_online(mesh.devices, 30)  # heartbeats again: reconnected and re-subscribed
+            with mesh.client() as client:
+                answer = client.ask("agent1", "still there?", layers=1, proposers=2, timeout_s=60)
+            assert "error" not in answer, answer
+            assert len(answer["trace"][0]["answered"]) == 3
+    finally:
+        broker.stop()
