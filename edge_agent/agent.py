@@ -86,6 +86,8 @@ class Agent:
         self._seen = SeenIds()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._busy = False
+        # Batching needs an engine that can (generate_batch); the config may ask for less than it offers.
+        self._max_batch = max(1, min(config.engine.max_batch, getattr(engine, "max_batch", 1)))
         self._latencies: deque[float] = deque(maxlen=100)
         self._counts = {"answered": 0, "failed": 0, "served": 0}
         self._discovering = True
@@ -364,30 +366,46 @@ class Agent:
 
     # ------------------------------------------------------------------ inference
     def _pump(self) -> None:
-        """Start the next queued task when the inference thread is idle."""
+        """Start the next queued tasks (FCFS, up to the engine's batch size) when the inference thread is idle."""
         if self._busy or not self.queue.waiting:
             return
-        task = self.queue.pop()
+        batch = [self.queue.pop() for _ in range(min(self._max_batch, self.queue.waiting))]
         self._busy = True
-        future = self._loop.run_in_executor(self._executor, self.engine.generate, task.generation)
-        future.add_done_callback(lambda f, task=task: self._on_inference_done(task, f))
+        if len(batch) == 1:
+            future = self._loop.run_in_executor(self._executor, self.engine.generate, batch[0].generation)
+        else:
+            future = self._loop.run_in_executor(self._executor, self.engine.generate_batch,
+                                                [task.generation for task in batch])
+        future.add_done_callback(lambda f, batch=batch: self._on_inference_done(batch, f))
 
-    def _on_inference_done(self, task: QueuedTask, future: asyncio.Future) -> None:
+    def _on_inference_done(self, batch: list[QueuedTask], future: asyncio.Future) -> None:
         self._busy = False
+        try:
+            outcomes = future.result()
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # the engine must not take the agent down; the origins hear of it
+            outcomes = exc
+        if len(batch) == 1 or isinstance(outcomes, Exception):
+            outcomes = [outcomes] * len(batch)
+        per_task_s = [o.seconds / len(batch) for o in outcomes if isinstance(o, Generation)]
+        for seconds in per_task_s[:1]:  # a batch of b served b tasks in one wall time: alpha per task
+            self.alpha_s = seconds if self.alpha_s is None else 0.8 * self.alpha_s + 0.2 * seconds
+        for task, outcome in zip(batch, outcomes):
+            self._complete(task, outcome)
+        self._pump()
+
+    def _complete(self, task: QueuedTask, outcome: Generation | Exception) -> None:
         self._counts["served"] += 1
         self.queue.release(task.task_id)
         text, error, seconds, new_tokens = None, None, 0.0, 0
-        try:
-            result: Generation = future.result()
-            text, seconds, new_tokens = result.text, result.seconds, result.new_tokens
-            self.alpha_s = seconds if self.alpha_s is None else 0.8 * self.alpha_s + 0.2 * seconds
-        except asyncio.CancelledError:
-            return
-        except InferenceError as exc:
-            error = ErrorBody(code=exc.code, message=str(exc))
-        except Exception as exc:  # the engine must not take the agent down; the origin hears of it
-            log.exception("inference failed")
-            error = ErrorBody(code="inference_failed", message=f"{type(exc).__name__}: {exc}")
+        if isinstance(outcome, Generation):
+            text, seconds, new_tokens = outcome.text, outcome.seconds, outcome.new_tokens
+        elif isinstance(outcome, InferenceError):
+            error = ErrorBody(code=outcome.code, message=str(outcome))
+        else:
+            log.error("inference failed: %r", outcome)
+            error = ErrorBody(code="inference_failed", message=f"{type(outcome).__name__}: {outcome}")
         if task.origin == self.device:
             run = self.runs.get(task.request_id)
             if run is not None:
@@ -398,7 +416,6 @@ class Agent:
                                        task_id=task.task_id, text=text, error=error, inference_s=round(seconds, 4),
                                        new_tokens=new_tokens)
             self._send_internal(task.origin, result_msg)
-        self._pump()
 
     # ------------------------------------------------------------------ helpers
     def _new_run(self, request: UserRequest, **progress) -> MoaRun:
