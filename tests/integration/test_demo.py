@@ -1,0 +1,47 @@
+"""`edge-moa demo`: the newcomer's first command, on the tiny model (the default model is covered elsewhere)."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_prints_answers_with_their_proposers(tiny_model_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "demo", "--agents", "3", "--model", str(tiny_model_dir),
+         "--max-new-tokens", "8", "--workdir", str(tmp_path), "Hello?", "Why?"],
+        capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "broker:  Mosquitto on 127.0.0.1:" in out
+    assert out.count("answer (") == 2 and out.count("layer 1 propose: ") == 2
+    assert out.count("layer 2 aggregate: ") == 2
+
+
+def test_demo_serve_keeps_the_mesh_up_for_other_clients(tiny_model_dir, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "demo", "--agents", "2", "--model", str(tiny_model_dir), "-k", "1",
+         "--max-new-tokens", "4", "--workdir", str(tmp_path), "--serve", "Hi"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        address = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and address is None:
+            line = proc.stdout.readline()
+            if line.startswith("mesh is up: broker "):
+                address = line.split("broker ", 1)[1].split(",")[0]
+        assert address, "demo --serve never said where its broker is"
+        asked = subprocess.run([sys.executable, "-m", "edge_agent", "ask", "--broker", address, "--device", "agent2",
+                                "--json", "-M", "1", "-k", "1", "Are you there?"],
+                               capture_output=True, text=True, timeout=60)
+        answer = json.loads(asked.stdout)
+        assert answer["device"] == "agent2" and answer["inferences"] == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    assert proc.returncode == 0
