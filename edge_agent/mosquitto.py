@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from .errors import TransportError
+from .resources import data_dir
 
 log = logging.getLogger(__name__)
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "broker"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -25,7 +25,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def render_local_conf(port: int, bind: str = "127.0.0.1") -> str:
-    template = string.Template((TEMPLATE_DIR / "local.conf").read_text())
+    template = string.Template((data_dir("broker") / "local.conf").read_text())
     return template.substitute(port=port, bind=bind)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import tomllib
 
 from ..errors import ConfigError
+from ..resources import data_dir
 
 CATALOGUE_ENV = "EDGE_MOA_CATALOGUE"
 
@@ -42,7 +43,7 @@ class CatalogueEntry:
 def catalogue_path() -> Path:
     if os.environ.get(CATALOGUE_ENV):
         return Path(os.environ[CATALOGUE_ENV])
-    return Path(__file__).resolve().parents[2] / "models" / "catalogue.toml"
+    return data_dir("models") / "catalogue.toml"
 
 
 def load_catalogue(path: Path | None = None) -> dict[str, CatalogueEntry]:

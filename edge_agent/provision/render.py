@@ -11,11 +11,11 @@ import jinja2
 import tomllib
 
 from ..config import parse_config
+from ..resources import data_dir
 from .inventory import Board, Inventory
 from .tree import BridgeTree
 
-REPO_DIR = Path(__file__).resolve().parent.parent.parent
-TEMPLATE_DIRS = (REPO_DIR / "broker", REPO_DIR / "tools" / "provision", REPO_DIR / "tools" / "systemd")
+TEMPLATE_DIRS = (data_dir("broker"), data_dir("provision"), data_dir("systemd"))
 CONFIG_DIR = "/etc/edge-moa"
 SERVICE_USER = "edge-moa"
 CREDENTIALS_DIR = "/run/credentials/edge-moa-agent.service"  # systemd's $CREDENTIALS_DIRECTORY of the unit
