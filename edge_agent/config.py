@@ -100,10 +100,13 @@ class EngineSection(Section):
     threads: int = Field(0, ge=0, description="Inference threads (0 = all cores).")
     seed: int | None = Field(None, description="Sampling seed, for reproducible runs.")
     warmup: bool = Field(True, description="Run one short inference before going live.")
-    max_batch: int = Field(1, ge=1, le=16, description="Queued tasks served together in one decode (1 = off).")
+    max_batch: int = Field(4, ge=1, le=16, description="Up to this many queued tasks served together in one "
+                                                        "decode, when more than one waits (1 = off).")
     synthetic_service_s: float = Field(1.0, gt=0, description="synthetic: mean service time in seconds.")
     synthetic_distribution: Literal["deterministic", "exponential"] = Field("deterministic")
     synthetic_kv_bytes_per_token: int = Field(4096, ge=0, description="synthetic: memory charged per token.")
+    synthetic_batch_cost: float = Field(0.25, ge=0, le=1, description="synthetic: a batch of b takes "
+                                                                      "service x (1 + cost x (b-1)).")
 
 
 class AgentConfig(Section):

@@ -18,8 +18,11 @@ def create_engine(section: EngineSection) -> Engine:
             distribution=section.synthetic_distribution,
             seed=section.seed,
             kv_bytes_per_token=section.synthetic_kv_bytes_per_token,
+            max_batch=section.max_batch,
+            batch_cost=section.synthetic_batch_cost,
         )
     from ..model.store import resolve_model_dir
     from .onnx import OnnxEngine
 
-    return OnnxEngine(resolve_model_dir(section.model), threads=section.threads, seed=section.seed)
+    return OnnxEngine(resolve_model_dir(section.model), threads=section.threads, seed=section.seed,
+                      max_batch=section.max_batch)

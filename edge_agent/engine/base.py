@@ -26,15 +26,16 @@ class Generation:
     text: str
     prompt_tokens: int
     new_tokens: int
-    seconds: float  # wall time of this inference (prefill + decode)
+    seconds: float  # wall time of this inference (prefill + decode); from generate_batch, of the whole call
 
 
 class Engine(Protocol):
-    """One loaded model. `generate` runs on the inference thread only; the rest is cheap and thread-safe."""
+    """One loaded model. generate(_batch) runs on the inference thread only; the rest is cheap, thread-safe."""
 
     model_id: str
     context_length: int
     kv_bytes_per_token: int  # layers x 2 x kv_heads x head_dim x dtype bytes, from the manifest
+    max_batch: int  # the most requests generate_batch decodes together; 1 = no batching
 
     def count_prompt_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
         """Tokens of the rendered chat prompt (template included)."""
@@ -42,6 +43,16 @@ class Engine(Protocol):
 
     def generate(self, request: GenerationRequest) -> Generation:
         """Raises TooLargeError when prompt + max_new_tokens exceed the context, InferenceError otherwise."""
+        ...
+
+    def generate_batch(self, requests: list[GenerationRequest]) -> list[Generation | Exception]:
+        """Serve several queued requests in one decode loop (DESIGN.md sec. 4: b tasks in alpha(b), not b*alpha).
+
+        Returns one item per request, in order: its Generation, or the TooLargeError / InferenceError that request
+        alone raised (one bad request does not fail the others; a runtime failure fails its whole batch). At most
+        `max_batch` requests share a decode loop; a longer list runs in successive batches. Every Generation's
+        `seconds` is the wall time of the whole call. Greedy results equal what `generate` returns.
+        """
         ...
 
     def warm_up(self) -> None: ...

@@ -4,6 +4,10 @@ Only this module imports onnxruntime. Graphs from onnxruntime-genai's builder (a
 GroupQueryAttention, which lets past and present KV share one preallocated buffer: each step then writes only the
 new token's keys and values in place instead of copying the whole cache (DESIGN.md sec. 6: 60 -> 84 tok/s).
 Other graphs (e.g. optimum exports) get the classic loop that feeds each step's present back as the next past.
+
+`generate_batch` decodes up to `max_batch` requests together (DESIGN.md sec. 4: b tasks in about alpha(b) instead
+of b * alpha): each prompt is prefilled alone into its row of a (b, kv_heads, capacity, head_dim) buffer, then
+one decode step per token serves every row, each row's length carried by its own attention_mask row.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from .base import ChatMessage, Generation, GenerationRequest
 log = logging.getLogger(__name__)
 
 _NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# generate_batch drops finished rows from the batch when the longest live row has at least this many steps left
+_COMPACT_MIN_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -49,8 +55,15 @@ class OnnxEngine:
         threads: int = 0,
         seed: int | None = None,
         share_kv_buffer: bool | None = None,
+        max_batch: int = 4,
     ):
-        """`share_kv_buffer=None` follows the manifest; False forces the copying loop (for comparisons)."""
+        """`share_kv_buffer=None` follows the manifest; False forces the copying loop (for comparisons).
+
+        `max_batch`: the most requests `generate_batch` decodes together (1 disables batching). Graphs without the
+        shared KV buffer always run one request at a time (their max_batch is 1).
+        """
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be an integer >= 1, not {max_batch!r}")
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.model_dir)
         self.model_id = self.manifest.name
@@ -86,14 +99,18 @@ class OnnxEngine:
             self.manifest.past_present_share_buffer if share_kv_buffer is None else share_kv_buffer
         )
         self._stop_strings = tuple(self.manifest.stop_strings)
+        # batched decode needs GQA's per-row lengths (seqlens_k from attention_mask) and the in-place buffer
+        self.max_batch = max_batch if self._share_buffer and self._has_attention_mask else 1
+        self._pad_id = min(self._eos) if self._eos else 0
         self._lock = threading.Lock()
         log.info(
-            "loaded %s from %s (%s, %d threads, shared KV buffer: %s)",
+            "loaded %s from %s (%s, %d threads, shared KV buffer: %s, max batch %d)",
             self.model_id,
             self.model_dir,
             self.manifest.precision,
             threads,
             self._share_buffer,
+            self.max_batch,
         )
 
     # -- text <-> tokens -------------------------------------------------------------------------------------
@@ -122,15 +139,140 @@ class OnnxEngine:
             top_p=request.top_p,
             seed=request.seed,
         )
-        text = self.decode(new_ids)
-        for stop in self._stop_strings:  # base models run on into the next "Question:": cut there
-            text = text.split(stop, 1)[0]
         return Generation(
-            text=text,
+            text=self._text(new_ids),
             prompt_tokens=len(prompt_ids),
             new_tokens=len(new_ids),
             seconds=time.perf_counter() - started,
         )
+
+    def generate_batch(
+        self, requests: list[GenerationRequest], *, stop_at_eos: bool = True
+    ) -> list[Generation | Exception]:
+        """One result per request, in order: its Generation, or the InferenceError / TooLargeError it raised.
+
+        Valid requests are decoded together, `max_batch` at a time (a longer list runs in successive batches).
+        Each row stops at its own EOS, stop string or max_new_tokens. A finished row leaves the batch (the live
+        rows' KV is copied into a smaller buffer) when the longest live row still has 8 or more steps to go;
+        otherwise it stays to the end, fed a pad token at a frozen slot. Greedy rows give exactly what
+        `generate` gives; so does a seeded sampled row (each row draws from its own generator).
+        `Generation.seconds` of every result is the wall time of the whole call (what the caller waited for all
+        of them). A failure of the runtime itself fails every row of that batch. `stop_at_eos=False`
+        (benchmarks) runs every row to its max_new_tokens.
+        """
+        started = time.perf_counter()
+        results: list[Generation | Exception | None] = [None] * len(requests)
+        valid: list[tuple[int, list[int], GenerationRequest]] = []
+        for index, request in enumerate(requests):
+            try:
+                prompt_ids = self._prompt_ids(request.messages)
+                self._check(prompt_ids, request.max_new_tokens)
+            except InferenceError as exc:
+                results[index] = exc
+            else:
+                valid.append((index, prompt_ids, request))
+        texts: dict[int, tuple[list[int], list[int]]] = {}
+        for first in range(0, len(valid), self.max_batch):
+            chunk = valid[first : first + self.max_batch]
+            try:
+                new_ids = self._run_batch(chunk, stop_at_eos)
+            except InferenceError as exc:
+                for index, _, _ in chunk:
+                    results[index] = exc
+                continue
+            for (index, prompt_ids, _), ids in zip(chunk, new_ids):
+                texts[index] = (prompt_ids, ids)
+        seconds = time.perf_counter() - started
+        for index, (prompt_ids, ids) in texts.items():
+            results[index] = Generation(
+                text=self._text(ids), prompt_tokens=len(prompt_ids), new_tokens=len(ids), seconds=seconds
+            )
+        return results  # type: ignore[return-value]  # every slot is filled above
+
+    def _prompt_ids(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+        try:
+            return self.encode(self.render_prompt(messages))
+        except Exception as exc:  # the template or the tokenizer choked on this request's text alone
+            raise InferenceError(f"{self.model_id}: cannot render or tokenize the request: {exc}") from exc
+
+    def _run_batch(self, chunk, stop_at_eos: bool) -> list[list[int]]:
+        rngs = [np.random.default_rng(r.seed) if r.seed is not None else self._rng for _, _, r in chunk]
+        stop = self._hit_stop_string if self._stop_strings and stop_at_eos else None
+        with self._lock:
+            try:
+                if len(chunk) == 1:  # the single-request loop: no batch buffer to build
+                    (_, ids, r), rng = chunk[0], rngs[0]
+                    return [self._loop(ids, r.max_new_tokens, r.temperature, r.top_p, rng, stop_at_eos, stop)]
+                return self._batch_loop(chunk, rngs, stop_at_eos, stop)
+            except (InferenceError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # onnxruntime's pybind exceptions and MemoryError, as in generate_ids
+                raise InferenceError(f"{self.model_id}: batched inference failed: {exc}") from exc
+
+    def _batch_loop(self, chunk, rngs, stop_at_eos, stop) -> list[list[int]]:
+        prompts = [prompt_ids for _, prompt_ids, _ in chunk]
+        requests = [r for _, _, r in chunk]
+        cache = _BatchKvCache(
+            self, len(chunk), max(len(p) + r.max_new_tokens for p, r in zip(prompts, requests))
+        )
+        t0 = time.perf_counter()
+        logits = [cache.prefill_row(row, ids) for row, ids in enumerate(prompts)]
+        t1 = time.perf_counter()
+        lengths = [len(p) for p in prompts]  # tokens in each request's cache row
+        outs: list[list[int]] = [[] for _ in chunk]
+        done = [False] * len(chunk)
+        rows = list(range(len(chunk)))  # rows[r]: the request in cache row r
+        while True:
+            for i in rows:
+                if done[i]:
+                    continue
+                token = sample_next(logits[i], requests[i].temperature, requests[i].top_p, rngs[i])
+                if stop_at_eos and token in self._eos:
+                    done[i] = True
+                    continue
+                outs[i].append(token)
+                if len(outs[i]) >= requests[i].max_new_tokens or (stop is not None and stop(outs[i])):
+                    done[i] = True
+            live = [i for i in rows if not done[i]]
+            if not live:
+                break
+            left = max(requests[i].max_new_tokens - len(outs[i]) for i in live)
+            if len(live) < len(rows) and left >= _COMPACT_MIN_STEPS:
+                # drop finished rows: copying the live rows' filled KV costs less than a step
+                cache.keep(
+                    [r for r, i in enumerate(rows) if not done[i]],
+                    filled=max(lengths[i] for i in live),
+                    capacity=max(len(prompts[i]) + requests[i].max_new_tokens for i in live),
+                )
+                rows = live
+            # a finished row left in the batch is fed a pad token at a frozen slot: it changes no other row
+            step = cache.decode(
+                [self._pad_id if done[i] else outs[i][-1] for i in rows], [lengths[i] for i in rows]
+            )
+            for r, i in enumerate(rows):
+                if not done[i]:
+                    logits[i] = step[r]
+                    lengths[i] += 1
+        t2 = time.perf_counter()
+        self.last_timing = Timing(sum(map(len, prompts)), sum(map(len, outs)), t1 - t0, t2 - t1)
+        return outs
+
+    def _check(self, prompt_ids: list[int], max_new_tokens: int) -> None:
+        if max_new_tokens < 1:
+            raise InferenceError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+        if not prompt_ids:
+            raise InferenceError("empty prompt")
+        if len(prompt_ids) + max_new_tokens > self.context_length:
+            raise TooLargeError(
+                f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceed the context of "
+                f"{self.model_id} ({self.context_length} tokens)"
+            )
+
+    def _text(self, new_ids: list[int]) -> str:
+        text = self.decode(new_ids)
+        for stop in self._stop_strings:  # base models run on into the next "Question:": cut there
+            text = text.split(stop, 1)[0]
+        return text
 
     def generate_ids(
         self,
@@ -146,15 +288,7 @@ class OnnxEngine:
 
         `stop_at_eos=False` (benchmarks) always generates `max_new_tokens`.
         """
-        if max_new_tokens < 1:
-            raise InferenceError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
-        if not prompt_ids:
-            raise InferenceError("empty prompt")
-        if len(prompt_ids) + max_new_tokens > self.context_length:
-            raise TooLargeError(
-                f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceed the context of "
-                f"{self.model_id} ({self.context_length} tokens)"
-            )
+        self._check(prompt_ids, max_new_tokens)
         rng = np.random.default_rng(seed) if seed is not None else self._rng
         stop = self._hit_stop_string if self._stop_strings and stop_at_eos else None
         with self._lock:
@@ -207,11 +341,13 @@ class OnnxEngine:
             return np.stack(rows)
 
     def warm_up(self) -> None:
-        """One short greedy generation, so the first real request does not pay for allocations."""
+        """One short greedy generation (and a batch of two when batching), so the first real request does not
+        pay for allocations."""
         started = time.perf_counter()
-        self.generate(
-            GenerationRequest(messages=(ChatMessage("user", "Hello"),), max_new_tokens=2, temperature=0)
-        )
+        hello = GenerationRequest(messages=(ChatMessage("user", "Hello"),), max_new_tokens=2, temperature=0)
+        self.generate(hello)
+        if self.max_batch > 1:
+            self.generate_batch([hello, hello])
         log.info("warmed up %s in %.2f s", self.model_id, time.perf_counter() - started)
 
     def close(self) -> None:
@@ -247,6 +383,76 @@ class _SharedKvStep:
         engine._session.run_with_iobinding(self._binding)
         logits = self._binding.get_outputs()[0].numpy()
         return logits[0] if all_positions else logits[0, -1]
+
+
+class _BatchKvCache:
+    """b rows of KV in one preallocated buffer per past/present pair: prefill one row at a time, decode all rows.
+
+    Each prompt is prefilled alone, bound to its own row (a contiguous view of the buffer): no padded prefill, so
+    a row's cache and first logits are bit-identical to a solo run, and the builder's graphs (whose lm_head is
+    pruned to the last position) never return a pad position's logits. Decode then feeds one token per row with
+    a right-padded attention_mask: GQA takes each row's length from its mask (seqlens_k = row sum - 1), writes
+    the new key/value at that slot and attends to that row's own slots only, whatever the mask width
+    (onnxruntime GroupQueryAttention, CPU, shared past/present buffer).
+    """
+
+    def __init__(self, engine: OnnxEngine, rows: int, capacity: int):
+        kv = engine.manifest.kv
+        self._engine = engine
+        self._pairs = [
+            pair
+            for (past_k, past_v), (pres_k, pres_v) in zip(engine._past_names, engine._present_names)
+            for pair in ((past_k, pres_k), (past_v, pres_v))
+        ]
+        shape = (rows, kv.num_kv_heads, capacity, kv.head_dim)
+        # the memory that the whole-batch binding and each row's prefill binding share
+        self._arrays = [np.zeros(shape, dtype=engine._kv_dtype) for _ in self._pairs]
+        self._binding = self._bind(self._arrays)
+
+    def _bind(self, arrays: list[np.ndarray]):
+        binding = self._engine._session.io_binding()
+        binding.bind_output("logits")  # bound first: get_outputs() lists outputs in binding order
+        for (past, present), array in zip(self._pairs, arrays):
+            value = ort.OrtValue.ortvalue_from_numpy(array)  # on CPU the OrtValue uses the array's memory
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        return binding
+
+    def keep(self, rows: list[int], *, filled: int, capacity: int) -> None:
+        """Keep only `rows` (in that order), their first `filled` slots copied into buffers of `capacity`."""
+        kept = []
+        for array in self._arrays:
+            new = np.zeros((len(rows), array.shape[1], capacity, array.shape[3]), dtype=array.dtype)
+            new[:, :, :filled] = array[rows, :, :filled]
+            kept.append(new)
+        self._arrays = kept
+        self._binding = self._bind(kept)
+
+    def prefill_row(self, row: int, ids: list[int]) -> np.ndarray:
+        """Run the prompt of `row` alone into its slice of the buffer; the logits after its last token."""
+        binding = self._bind([array[row : row + 1] for array in self._arrays])
+        binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+        binding.bind_output("logits")
+        if self._engine._has_attention_mask:
+            binding.bind_cpu_input("attention_mask", np.ones((1, len(ids)), dtype=np.int64))
+        if self._engine._has_position_ids:
+            binding.bind_cpu_input("position_ids", np.arange(len(ids), dtype=np.int64)[None, :])
+        self._engine._session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()[0, -1].copy()
+
+    def decode(self, tokens: list[int], lengths: list[int]) -> np.ndarray:
+        """One step: `tokens[r]` goes to slot `lengths[r]` of row r; logits (rows, vocab) after it."""
+        engine = self._engine
+        width = max(lengths) + 1
+        mask = (np.arange(width)[None, :] <= np.asarray(lengths)[:, None]).astype(np.int64)
+        self._binding.bind_cpu_input("input_ids", np.asarray(tokens, dtype=np.int64)[:, None])
+        self._binding.bind_output("logits")
+        if engine._has_attention_mask:
+            self._binding.bind_cpu_input("attention_mask", mask)
+        if engine._has_position_ids:
+            self._binding.bind_cpu_input("position_ids", np.asarray(lengths, dtype=np.int64)[:, None])
+        engine._session.run_with_iobinding(self._binding)
+        return self._binding.get_outputs()[0].numpy()[:, -1]
 
 
 class _ConcatKvStep:

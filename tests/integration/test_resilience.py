@@ -108,3 +108,18 @@ def test_agents_reconnect_after_their_broker_restarts(tiny_model_dir):
             assert len(answer["trace"][0]["answered"]) == 3
     finally:
         broker.stop()
+
+
+def test_waiting_tasks_are_served_together_in_one_batch(broker):
+    mesh = LocalMesh(1, engine={"kind": "synthetic", "synthetic_service_s": 1.0, "max_batch": 4,
+                                "synthetic_batch_cost": 0.25},
+                     broker=broker, topic_root=f"test/{uuid.uuid4().hex[:8]}")
+    with mesh, mesh.client() as client:
+        first = client.submit("agent1", "first", layers=0)
+        time.sleep(0.3)  # the first is in service; the next three wait together
+        rest = [client.submit("agent1", f"next {i}", layers=0) for i in range(3)]
+        answers = [f.result(timeout=30) for f in [first, *rest]]
+    seconds = [a["trace"][0]["answered"][0]["inference_s"] for a in answers]
+    assert abs(seconds[0] - 1.0) < 0.2
+    # one batch of 3: 1.0 x (1 + 0.25 x 2) = 1.5 s for each, instead of 1, 2 and 3 s of waiting one by one
+    assert all(abs(s - 1.5) < 0.2 for s in seconds[1:]), seconds

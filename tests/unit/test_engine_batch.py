@@ -1,0 +1,79 @@
+"""SyntheticEngine.generate_batch: one result per request, errors isolated, a batch of b costs alpha(b)."""
+
+import time
+
+import pytest
+
+from edge_agent.engine.base import ChatMessage, Generation, GenerationRequest
+from edge_agent.engine.synthetic import SyntheticEngine
+from edge_agent.errors import TooLargeError
+
+
+def request(text: str, max_new_tokens: int = 16) -> GenerationRequest:
+    return GenerationRequest(messages=(ChatMessage("user", text),), max_new_tokens=max_new_tokens)
+
+
+def test_results_come_back_in_order_and_equal_solo_generations():
+    engine = SyntheticEngine(service_s=0.0)
+    requests = [request(f"question number {i} about boards", max_new_tokens=2 + i) for i in range(4)]
+    results = engine.generate_batch(requests)
+    assert len(results) == 4
+    for req, result in zip(requests, results):
+        solo = engine.generate(req)
+        assert isinstance(result, Generation)
+        assert (result.text, result.prompt_tokens, result.new_tokens) == (
+            solo.text,
+            solo.prompt_tokens,
+            solo.new_tokens,
+        )
+
+
+def test_too_large_request_fails_alone():
+    engine = SyntheticEngine(service_s=0.0, context_length=64)
+    results = engine.generate_batch(
+        [request("fits"), request("does not fit", max_new_tokens=1000), request("ok")]
+    )
+    assert isinstance(results[0], Generation) and isinstance(results[2], Generation)
+    assert isinstance(results[1], TooLargeError)
+    assert results[0].text.endswith("fits") and results[2].text.endswith("ok")
+
+
+def test_alpha_of_b_follows_batch_cost():
+    engine = SyntheticEngine(service_s=0.2, batch_cost=0.25)
+    assert engine.max_batch == 4 and engine.batch_cost == 0.25
+    assert [engine.batch_service_s(b) for b in (1, 2, 4)] == pytest.approx([0.2, 0.25, 0.35])
+
+
+def test_a_batch_sleeps_once_and_reports_the_call_wall_time():
+    engine = SyntheticEngine(service_s=0.1, batch_cost=0.5)
+    started = time.perf_counter()
+    results = engine.generate_batch([request(f"q{i}") for i in range(3)])
+    elapsed = time.perf_counter() - started
+    assert 0.2 <= elapsed < 0.35  # one sleep of 0.1 * (1 + 0.5 * 2) = 0.2 s, not 3 x 0.1 s
+    assert {r.seconds for r in results} == {results[0].seconds}  # one wall time for the whole call
+    assert 0.2 <= results[0].seconds <= elapsed
+
+
+def test_more_than_max_batch_runs_in_successive_batches():
+    engine = SyntheticEngine(service_s=0.05, batch_cost=0.0, max_batch=2)
+    started = time.perf_counter()
+    results = engine.generate_batch([request(f"q{i}") for i in range(5)])  # batches of 2, 2 and 1
+    elapsed = time.perf_counter() - started
+    assert len(results) == 5 and all(isinstance(r, Generation) for r in results)
+    assert 0.15 <= elapsed < 0.25
+
+
+def test_only_invalid_requests_cost_nothing():
+    engine = SyntheticEngine(service_s=1.0, context_length=8)
+    started = time.perf_counter()
+    results = engine.generate_batch([request("too long for the context", max_new_tokens=100)])
+    assert isinstance(results[0], TooLargeError) and time.perf_counter() - started < 0.5
+    assert engine.generate_batch([]) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_batch": 0}, {"max_batch": 1.5}, {"batch_cost": -0.1}, {"batch_cost": 2}]
+)
+def test_bad_batch_settings_fail_fast(kwargs):
+    with pytest.raises(ValueError):
+        SyntheticEngine(service_s=0.1, **kwargs)
