@@ -100,8 +100,8 @@ class EngineSection(Section):
     threads: int = Field(0, ge=0, description="Inference threads (0 = all cores).")
     seed: int | None = Field(None, description="Sampling seed, for reproducible runs.")
     warmup: bool = Field(True, description="Run one short inference before going live.")
-    max_batch: int = Field(4, ge=1, le=16, description="Up to this many queued tasks served together in one "
-                                                        "decode, when more than one waits (1 = off).")
+    max_batch: int = Field(1, ge=1, le=16, description="Up to this many queued tasks served together in one "
+                                                        "decode when several wait (1 = off: the paper's FCFS).")
     synthetic_service_s: float = Field(1.0, gt=0, description="synthetic: mean service time in seconds.")
     synthetic_distribution: Literal["deterministic", "exponential"] = Field("deterministic")
     synthetic_kv_bytes_per_token: int = Field(4096, ge=0, description="synthetic: memory charged per token.")
