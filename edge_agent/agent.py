@@ -19,6 +19,7 @@ from . import __version__
 from .config import AgentConfig
 from .engine import ChatMessage, Engine, Generation, GenerationRequest
 from .errors import EdgeMoaError, InferenceError, ProtocolError, TooLargeError, TransportError
+from .intake import Refusal, read_prompt
 from .journal import Journal
 from .memory import MemoryProbe, queue_cap_bytes, task_charge_bytes
 from .moa import Finish, LayerDone, MoaRun, MoaTimeouts, RunLocal, SendTask
@@ -35,12 +36,9 @@ from .protocol import (
     TaskMessage,
     UserRequest,
     best_effort_route,
-    check_publish_topic,
     decode_internal,
     decode_status,
     encode,
-    new_id,
-    parse_prompt_json,
 )
 from .topics import Topics
 from .transport import PahoTransport, RawMessage, Will
@@ -211,7 +209,7 @@ class Agent:
             if route:
                 self._send_error(route, exc.code, str(exc))
             return
-        except _Refusal as refusal:
+        except Refusal as refusal:
             log.warning("refused prompt %s: %s", refusal.route.request_id, refusal.message)
             self._send_error(refusal.route, refusal.code, refusal.message)
             return
@@ -221,40 +219,24 @@ class Agent:
         self._execute(run, run.start(self._alive(), self.rng, time.monotonic()))
 
     def _accept_prompt(self, message: RawMessage) -> UserRequest:
-        payload = parse_prompt_json(message.payload)
-        moa, limits = self.config.moa, self.config.limits
-        request_id = payload.request_id or new_id()[:16]
-        reply_topic = message.response_topic or payload.reply_to or self.topics.answer(self.device, request_id)
-        check_publish_topic(reply_topic)
-        corr = message.correlation_data.hex() if message.correlation_data else None
-        route = ReplyRoute(topic=reply_topic, correlation_data=corr, request_id=request_id)
-        layers = moa.layers if payload.layers is None else payload.layers
-        proposers = moa.proposers if payload.proposers is None else payload.proposers
-        max_new = payload.max_new_tokens or moa.max_new_tokens
-        for name, value, limit in (("layers", layers, moa.max_layers), ("proposers", proposers, moa.max_proposers),
-                                   ("max_new_tokens", max_new, moa.max_new_tokens_limit),
-                                   ("prompt length", len(payload.prompt), limits.max_prompt_chars)):
-            if value > limit:
-                raise _Refusal(route, "invalid_request", f"{name} {value} exceeds this agent's limit of {limit}")
-        if request_id in self.runs:
-            raise _Refusal(route, "invalid_request", f"request_id {request_id} is already in progress")
-        generation = GenerationRequest(messages=(ChatMessage("user", payload.prompt),), max_new_tokens=max_new)
+        request = read_prompt(message, device=self.device, topics=self.topics, moa=self.config.moa,
+                              limits=self.config.limits, received_at=time.time())
+        route = ReplyRoute(topic=request.reply_topic, correlation_data=request.correlation_data,
+                           request_id=request.request_id)
+        if request.request_id in self.runs:
+            raise Refusal(route, "invalid_request", f"request_id {request.request_id} is already in progress")
+        generation = GenerationRequest(messages=(ChatMessage("user", request.prompt),),
+                                       max_new_tokens=request.max_new_tokens)
         prompt_tokens = self.engine.count_prompt_tokens(generation.messages)
-        if prompt_tokens + max_new > self.engine.context_length:
-            raise _Refusal(route, "too_large", f"prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new}) exceed "
-                                               f"the model's context of {self.engine.context_length} tokens")
-        charge = self._charge(generation, prompt_tokens)
-        if not self._admit(charge):
-            raise _Refusal(route, "queue_full", f"queue full ({len(self.queue)} tasks, {self.queue.bytes} bytes "
-                                                f"of a {self._cap()}-byte cap); try again later")
-        request = UserRequest(
-            request_id=request_id, device=self.device, prompt=payload.prompt, reply_topic=reply_topic,
-            correlation_data=corr, layers=layers, proposers=proposers, max_new_tokens=max_new,
-            temperature=moa.temperature if payload.temperature is None else payload.temperature,
-            received_at=time.time(),
-        )
+        if prompt_tokens + request.max_new_tokens > self.engine.context_length:
+            raise Refusal(route, "too_large", f"prompt ({prompt_tokens} tokens) + max_new_tokens "
+                                              f"({request.max_new_tokens}) exceed the model's context of "
+                                              f"{self.engine.context_length} tokens")
+        if not self._admit(self._charge(generation, prompt_tokens)):
+            raise Refusal(route, "queue_full", f"queue full ({len(self.queue)} tasks, {self.queue.bytes} bytes "
+                                               f"of a {self._cap()}-byte cap); try again later")
         if not self.journal.accept(request):
-            raise _Refusal(route, "invalid_request", f"request_id {request_id} was already accepted")
+            raise Refusal(route, "invalid_request", f"request_id {request.request_id} was already accepted")
         return request
 
     def _on_internal(self, sender: str, message: RawMessage) -> None:
@@ -481,11 +463,3 @@ class Agent:
             sent_at=time.time(), **self._counts,
         )
         self._transport.publish(self.topics.status(self.device), encode(status), qos=1, retain=True)
-
-
-class _Refusal(Exception):
-    """A prompt refused after its reply route is known."""
-
-    def __init__(self, route: ReplyRoute, code: str, message: str):
-        super().__init__(message)
-        self.route, self.code, self.message = route, code, message
