@@ -48,11 +48,13 @@ class LocalMesh:
 
     def __init__(self, n: int = 4, *, engine: dict | None = None, moa: dict | None = None,
                  queue: dict | None = None, agent: dict | None = None, topic_root: str = "moa/v1",
-                 workdir: Path | None = None, broker: BrokerProcess | None = None, log_level: str = "-v"):
+                 workdir: Path | None = None, broker: BrokerProcess | None = None, log_level: str = "-v",
+                 engine_per_agent: dict[str, dict] | None = None):
         self.devices = [f"agent{i}" for i in range(1, n + 1)]
         self.topic_root = topic_root
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edge-moa-mesh-"))
         self._sections = {"engine": engine or {}, "moa": moa or {}, "queue": queue or {}, "agent": agent or {}}
+        self._engine_per_agent = engine_per_agent or {}  # e.g. mixed speeds: {"agent4": {"synthetic_service_s": 2}}
         self._own_broker = broker is None
         self.broker = broker or local_broker()
         self._procs: dict[str, subprocess.Popen] = {}
@@ -76,7 +78,8 @@ class LocalMesh:
                       "peer_timeout_s": 5.0, **self._sections["agent"]},
             "mqtt": {"host": self.broker.host, "port": self.broker.port, "topic_root": self.topic_root,
                      "protocol": self.broker.protocol},
-            "moa": self._sections["moa"], "queue": self._sections["queue"], "engine": self._sections["engine"],
+            "moa": self._sections["moa"], "queue": self._sections["queue"],
+            "engine": {**self._sections["engine"], **self._engine_per_agent.get(device, {})},
         }
         text = render_agent_toml(sections)
         parse_config(__import__("tomllib").loads(text))  # fail here, not in a child process

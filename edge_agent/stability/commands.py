@@ -1,0 +1,270 @@
+"""The `plan`, `simulate` and `experiment` sub-commands of `edge-moa`; `register` is called by edge_agent.cli."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError, EdgeMoaError
+from .experiment import PAPER_GRID
+from .planner import Plan, plan
+from .simulator import POLICIES, SimConfig, read_samples, simulate
+
+
+def _alphas(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or a comma-separated list of seconds, got {text!r}")
+    return values
+
+
+def _broker(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _mesh_arguments(p: argparse.ArgumentParser, *, alpha_required: bool = True) -> None:
+    p.add_argument("--agents", "-n", type=int, required=True, help="number of agents n")
+    p.add_argument("--layers", "-M", type=int, required=True, help="MoA layers M (0: the origin answers alone)")
+    p.add_argument("--proposers", "-k", type=int, required=True, help="extra proposers k per layer (< n)")
+    p.add_argument("--rate", type=float, required=True, help="prompts per second at every user (lambda)")
+    p.add_argument("--alpha", type=_alphas, required=alpha_required, metavar="A|A1,A2,...",
+                   help="mean inference seconds: one for every agent, or one per agent")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `plan`, `simulate` and `experiment` to the CLI."""
+    p = subparsers.add_parser(
+        "plan", help="is a configuration stable? (the paper's Theorem 1, and the speed-aware bound)",
+        description="Load, utilisation, stability and the largest stable rate of a mesh configuration, per "
+                    "Theorem 1 (alpha*((k+1)M+1)*lambda < 1, alpha = the slowest agent's) and, with "
+                    "--policy speed-aware, the bound for load- and speed-aware peer choice.")
+    _mesh_arguments(p, alpha_required=False)
+    p.add_argument("--policy", choices=("uniform", "speed-aware"), default="uniform",
+                   help="also give the bound for speed-aware peer choice")
+    p.add_argument("--broker", type=_broker, metavar="HOST:PORT",
+                   help="read the alphas the agents advertise in their status (instead of --alpha)")
+    p.add_argument("--topic-root", default="moa/v1", help="topic root of the mesh read with --broker")
+    p.set_defaults(func=plan_command)
+
+    s = subparsers.add_parser(
+        "simulate", help="discrete-event simulation of the mesh's queues",
+        description="Poisson prompts at every user, one FCFS queue per agent, the MoA's layer-by-layer "
+                    "dependencies; per-agent queue statistics and the prompt latency distribution.")
+    _mesh_arguments(s, alpha_required=False)
+    s.add_argument("--service", default="deterministic", metavar="deterministic|exponential|empirical:FILE",
+                   help="inference time distribution; FILE holds seconds, one per line or a `seconds` CSV "
+                        "column, rescaled to each agent's --alpha (or used as is without --alpha)")
+    s.add_argument("--prompts", type=int, default=100_000, help="prompts across the whole mesh")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--policy", choices=POLICIES, default="uniform",
+                   help="peer choice: uniform at random (the paper), least-loaded or speed-aware of d candidates")
+    s.add_argument("--candidates", "-d", type=int, default=None,
+                   help="d random candidates the least-loaded/speed-aware policy chooses k from "
+                        "(default min(n-1, 2k))")
+    s.add_argument("--warmup", type=float, default=0.1, help="fraction of the horizon left out of the statistics")
+    s.set_defaults(func=simulate_command)
+
+    e = subparsers.add_parser(
+        "experiment", help="live runs on a local mesh, compared with the simulator (the paper's Table I)",
+        description="Starts a local broker and n agents, drives Poisson prompts at every user for each (M, k) of "
+                    "the grid, records queue lengths and latencies, and writes CSVs, a summary table and plots.")
+    e.add_argument("--agents", "-n", type=int, default=4, help="number of agents n")
+    e.add_argument("--grid", default=PAPER_GRID, help=f"(M,k) pairs separated by ';' (default {PAPER_GRID!r})")
+    rate = e.add_mutually_exclusive_group(required=True)
+    rate.add_argument("--rate", type=float, help="prompts per second at every user (lambda)")
+    rate.add_argument("--load", type=_alphas, metavar="F|F1,F2,...",
+                      help="lambda as fractions of each configuration's Theorem 1 bound, e.g. 0.7,1.3")
+    e.add_argument("--duration", type=float, required=True, help="seconds of prompts per run")
+    e.add_argument("--engine", choices=("synthetic", "onnx"), default="synthetic")
+    e.add_argument("--alpha", type=_alphas, default=None, metavar="A|A1,A2,...",
+                   help="synthetic: service seconds (default 0.1), or one per agent for a mesh of mixed speeds; "
+                        "onnx: mean inference seconds to plan --load with (default: measured first)")
+    e.add_argument("--policy", default="uniform", metavar="uniform|speed-aware|uniform,speed-aware",
+                   help="the agents' peer choice (moa.peer_policy); a list runs each configuration once per policy")
+    e.add_argument("--candidates", "-d", type=int, default=3, help="speed-aware: peers drawn before keeping k")
+    e.add_argument("--max-batch", type=int, default=1,
+                   help="the agents' engine.max_batch (default 1: one task at a time, as Theorem 1 assumes)")
+    e.add_argument("--model", default=None, help="onnx: catalogue name or model directory (default: the default)")
+    e.add_argument("--max-new-tokens", type=int, default=16)
+    e.add_argument("--threads", type=int, default=1, help="onnx: inference threads per agent")
+    e.add_argument("--warmup", type=float, default=None, help="seconds left out of the statistics "
+                                                              "(default 10%% of --duration)")
+    e.add_argument("--drain-timeout", type=float, default=None,
+                   help="seconds to wait for answers after the last prompt (default 2x --duration + 60)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--sim-prompts", type=int, default=200_000, help="prompts of the simulator's long-run prediction (the replay of each live schedule is always run)")
+    e.add_argument("--out", type=Path, default=Path("experiments/out"), help="where CSVs, tables and plots go")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=experiment_command)
+
+
+def _fail(command: str, exc: Exception) -> int:
+    print(f"edge-moa {command}: error: {exc}", file=sys.stderr)
+    return 2 if isinstance(exc, ConfigError) else 1
+
+
+def _alphas_from_broker(args: argparse.Namespace) -> tuple[float, ...]:
+    from .live import advertised_alphas  # imports the MQTT client only when asked
+
+    host, port = args.broker
+    found = advertised_alphas(host=host, port=port, topic_root=args.topic_root)
+    if len(found) != args.agents:
+        why = f"{len(found)} agents advertise an alpha, --agents is {args.agents}: {sorted(found)}"
+        raise ConfigError([("--broker", f"{host}:{port}", why)])
+    return tuple(found[d] for d in sorted(found))
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    try:
+        if args.alpha is None and args.broker is None:
+            raise ConfigError([("--alpha", None, "give --alpha A (or A1,A2,...) or --broker HOST:PORT")])
+        alphas = args.alpha if args.alpha is not None else _alphas_from_broker(args)
+        result = plan(agents=args.agents, layers=args.layers, proposers=args.proposers, rate=args.rate,
+                      alphas=alphas, speed_aware=args.policy == "speed-aware")
+    except EdgeMoaError as exc:
+        return _fail("plan", exc)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(format_plan(result))
+    return 0
+
+
+def format_plan(p: Plan) -> str:
+    amax = max(p.alphas)
+    mixed = len(set(p.alphas)) > 1
+    lines = [
+        f"n={p.agents} agents, M={p.layers} layers, k={p.proposers} proposers, lambda={p.rate:g} prompts/s per user",
+        f"  inferences per prompt  (k+1)M+1 = {p.inferences_per_prompt}",
+        f"  load per agent         {p.load_per_agent:.4g} tasks/s",
+        f"  alpha                  {amax:g} s" + (" (slowest of " + ",".join(f"{a:g}" for a in p.alphas) + ")"
+                                                 if mixed else ""),
+        "uniform random peers (Theorem 1" + (", eq. 6)" if mixed else ")"),
+        f"  utilisation            {p.utilization:.3f} (busiest agent)",
+        f"  stable                 {'yes' if p.stable else 'NO'}, margin {100 * p.margin:.1f}%",
+        f"  largest stable rate    {p.max_rate:.4g} prompts/s per user ({p.max_rate / p.rate:.2f}x this rate)",
+    ]
+    sa = p.speed_aware
+    if sa is not None:
+        binding = ("own work (M+1)*lambda" if sa.binding_cut == 1 else
+                   "mesh capacity" if sa.binding_cut == p.agents else
+                   f"distinct peers (cut of {sa.binding_cut} agents)")
+        lines += [
+            "speed-aware peers (choose by queue length and alpha)",
+            f"  own work utilisation   {sa.own_utilization:.3f} (busiest agent, (M+1)*lambda*alpha_i)",
+            f"  mesh utilisation       {sa.mesh_utilization:.3f} (n*((k+1)M+1)*lambda / sum(1/alpha_i))",
+            f"  stable                 {'yes' if sa.stable else 'NO'}, margin {100 * sa.margin:.1f}%",
+            (f"  largest stable rate    {sa.max_rate:.4g} prompts/s per user ({sa.max_rate / p.rate:.2f}x), "
+             f"bound by {binding}"),
+        ]
+    return "\n".join(lines)
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    try:
+        service, samples = args.service, ()
+        if service.startswith("empirical:"):
+            samples = read_samples(service.partition(":")[2])
+            service = "empirical"
+        alphas = args.alpha
+        if alphas is None:
+            if service != "empirical":
+                raise ConfigError([("--alpha", None, "required unless --service empirical:FILE")])
+            alphas = (sum(samples) / len(samples),)
+        cfg = SimConfig(agents=args.agents, layers=args.layers, proposers=args.proposers, rate=args.rate,
+                        alphas=alphas, prompts=args.prompts, seed=args.seed, service=service, samples=samples,
+                        policy=args.policy, candidates=args.candidates, warmup=args.warmup)
+        predicted = plan(agents=cfg.agents, layers=cfg.layers, proposers=cfg.proposers, rate=cfg.rate,
+                         alphas=cfg.alphas, speed_aware=cfg.policy != "uniform")
+    except EdgeMoaError as exc:
+        return _fail("simulate", exc)
+    summary = simulate(cfg).summary()
+    summary["predicted"] = {
+        "utilization": predicted.utilization, "stable": predicted.stable, "max_rate": predicted.max_rate,
+        **({"max_rate_speed_aware": predicted.speed_aware.max_rate, "stable_speed_aware":
+            predicted.speed_aware.stable} if predicted.speed_aware else {}),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_simulation(summary))
+    return 0
+
+
+def format_simulation(s: dict) -> str:
+    lat = s["latency"]
+    pred = s["predicted"]
+    # a queue growing from empty averages half its final length: growth over the window ~ 2x the mean
+    span = s["window_s"][1] - s["window_s"][0]
+    growing = s["queue_growth_per_s"] * span > max(1.0, 0.5 * s["mean_in_system"])
+    lines = [
+        (f"n={s['agents']} M={s['layers']} k={s['proposers']} lambda={s['rate']:g}/s per user, "
+         f"{s['service']} service, {s['policy']} peers, {s['prompts']} prompts (seed {s['seed']}), "
+         f"{s['wall_s']:.2f} s"),
+        f"{'agent':>6} {'alpha':>8} {'util':>7} {'waiting':>9} {'in system':>10} {'tasks/s':>9}",
+    ]
+    for i, (a, st) in enumerate(zip(s["alphas"], s["per_agent"])):
+        lines.append(f"{i:>6} {a:>8.4g} {st['utilization']:>7.3f} {st['mean_waiting']:>9.3f} "
+                     f"{st['mean_in_system']:>10.3f} {st['task_rate']:>9.4g}")
+    lines += [
+        f"{'mean':>6} {'':>8} {s['mean_utilization']:>7.3f} {s['mean_waiting']:>9.3f} {s['mean_in_system']:>10.3f}",
+        f"latency s: mean {lat['mean']:.4g}  p50 {lat['p50']:.4g}  p95 {lat['p95']:.4g}  p99 {lat['p99']:.4g}",
+        f"queue trend {s['queue_growth_per_s']:+.3g} tasks/s per agent"
+        + ("  (GROWING: unstable)" if growing else "  (flat)"),
+        f"Theorem 1: utilisation {pred['utilization']:.3f}, {'stable' if pred['stable'] else 'UNSTABLE'}, "
+        f"max rate {pred['max_rate']:.4g}/s"
+        + (f"; speed-aware peers: {'stable' if pred['stable_speed_aware'] else 'UNSTABLE'}, max rate "
+           f"{pred['max_rate_speed_aware']:.4g}/s" if "max_rate_speed_aware" in pred else ""),
+    ]
+    return "\n".join(lines)
+
+
+def experiment_command(args: argparse.Namespace) -> int:
+    try:
+        from .experiment import parse_grid
+        from .live import ExperimentSettings, run_experiment
+
+        grid = parse_grid(args.grid)
+        alphas = tuple(args.alpha) if args.alpha and len(args.alpha) > 1 else ()
+        alpha = args.alpha[0] if args.alpha and not alphas else (max(alphas) if alphas else None)
+        alpha = alpha if alpha is not None or args.engine == "onnx" else 0.1
+        policies = tuple(p.strip() for p in args.policy.split(","))
+        problems = []
+        if any(p not in ("uniform", "speed-aware") for p in policies):
+            problems.append(("--policy", args.policy, "uniform, speed-aware, or both separated by a comma"))
+        if alphas and (args.engine != "synthetic" or len(alphas) != args.agents):
+            problems.append(("--alpha", args.alpha, f"one per agent ({args.agents}), synthetic engine only"))
+        if problems:
+            raise ConfigError(problems)
+        for m, k in grid:
+            try:
+                plan(agents=args.agents, layers=m, proposers=k, rate=args.rate or 1.0, alphas=alphas or (alpha or 1.0,))
+            except ConfigError as exc:  # name the grid entry, not the flags `plan` has
+                raise ConfigError([("--grid" if flag in ("--layers", "--proposers") else flag,
+                                    f"{m},{k}" if flag in ("--layers", "--proposers") else value, why)
+                                   for flag, value, why in exc.problems]) from None
+        if args.duration <= 0:
+            raise ConfigError([("--duration", args.duration, "must be positive seconds")])
+        settings = ExperimentSettings(
+            agents=args.agents, grid=grid, rates=[args.rate] if args.rate else None,
+            loads=list(args.load) if args.load else None, duration_s=args.duration, engine=args.engine,
+            alpha_s=alpha, out=args.out, model=args.model, max_new_tokens=args.max_new_tokens,
+            threads=args.threads, warmup_s=args.warmup, drain_timeout_s=args.drain_timeout, seed=args.seed,
+            sim_prompts=args.sim_prompts, progress=not args.no_progress, alphas=alphas, policies=policies,
+            candidates=args.candidates, max_batch=args.max_batch,
+        )
+        # A background run (where SIGINT is ignored) stopped with SIGTERM still stops its mesh on the way out.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        run_experiment(settings)
+    except EdgeMoaError as exc:
+        return _fail("experiment", exc)
+    print(f"\nCSVs, summary.md and plots in {args.out}")
+    return 0

@@ -1,0 +1,246 @@
+"""The live experiment's I/O: a local mesh (broker + agent processes), Poisson prompts, status samples.
+
+Queue lengths come from the agents' retained status (`queue_length` = waiting + in service, `busy`), published
+every `heartbeat_s`; periodic samples give the time-average without bias. Latency is measured at the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+from ..errors import InferenceError, ProtocolError
+from .experiment import (
+    Inference,
+    PromptRecord,
+    QueueSample,
+    RunSpec,
+    RunStats,
+    poisson_schedule,
+    predict,
+    run_stats,
+    write_run_csv,
+    write_sim_json,
+)
+from .planner import plan
+
+log = logging.getLogger(__name__)
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Give one tip for saving energy at home.",
+    "Why is the sky blue?",
+    "Name a prime number larger than ten.",
+]
+
+
+def advertised_alphas(*, host: str, port: int, topic_root: str = "moa/v1", wait_s: float = 2.0) -> dict[str, float]:
+    """The mean inference seconds each online agent advertises in its retained status."""
+    from ..client import MoaClient
+    from ..transport import BrokerSettings
+
+    with MoaClient(BrokerSettings(host=host, port=port), topic_root=topic_root) as client:
+        client.watch_status()
+        time.sleep(wait_s)
+        return {d: s.alpha_s for d, s in client.statuses().items() if s.online and s.alpha_s}
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    agents: int
+    grid: list[tuple[int, int]]
+    rates: list[float] | None  # lambda per user, or
+    loads: list[float] | None  # fractions of each configuration's Theorem 1 bound
+    duration_s: float
+    engine: str
+    alpha_s: float | None  # synthetic: the service time; onnx: None = measure it first (`calibrate`)
+    out: Path
+    model: str | None = None
+    max_new_tokens: int = 16
+    threads: int = 1
+    warmup_s: float | None = None
+    drain_timeout_s: float | None = None
+    seed: int = 0
+    sim_prompts: int = 200_000
+    progress: bool = True
+    heartbeat_s: float = 0.25
+    alphas: tuple[float, ...] = ()  # synthetic: one service time per agent (mixed speeds); alpha_s = their max
+    policies: tuple[str, ...] = ("uniform",)  # the agents' moa.peer_policy; each run is done once per policy
+    candidates: int = 3  # the agents' moa.peer_candidates
+    max_batch: int = 1  # the agents' engine.max_batch (1: no batching, the paper's queue)
+
+    def specs(self) -> list[RunSpec]:
+        out = []
+        alphas = self.alphas or (self.alpha_s,)
+        for m, k in self.grid:
+            # --load is relative to the paper's bound (eq. 6), whatever the policy
+            bound = plan(agents=self.agents, layers=m, proposers=k, rate=1.0, alphas=alphas).max_rate
+            rates = self.rates or [f * bound for f in self.loads]
+            for rate in rates:
+                for policy in self.policies:
+                    out.append(RunSpec(
+                        agents=self.agents, layers=m, proposers=k, rate=rate, duration_s=self.duration_s,
+                        alpha_s=max(alphas), engine=self.engine, seed=self.seed,
+                        warmup_s=self.warmup_s if self.warmup_s is not None else 0.1 * self.duration_s,
+                        alphas=self.alphas, policy=policy, candidates=self.candidates))
+        return out
+
+
+def mesh_sections(s: ExperimentSettings) -> dict:
+    """Agent config for the experiment: big queue bound and timeouts, so overload shows as queues, not errors."""
+    if s.engine == "synthetic":
+        engine = {"kind": "synthetic", "synthetic_service_s": s.alpha_s, "warmup": False}
+    else:
+        engine = {"kind": "onnx", "threads": s.threads, **({"model": s.model} if s.model else {})}
+    # One task at a time, as Theorem 1 and the simulator assume, unless batching is what is being measured.
+    engine["max_batch"] = s.max_batch
+    horizon = 10 * s.duration_s + 600
+    return {
+        "engine": engine,
+        "moa": {"max_new_tokens": s.max_new_tokens, "max_layers": max(3, *(m for m, _ in s.grid)),
+                "max_proposers": max(4, *(k for _, k in s.grid)), "task_grace_s": horizon,
+                "request_timeout_s": horizon},
+        "queue": {"max_tasks": 1_000_000},
+        "agent": {"heartbeat_s": s.heartbeat_s, "peer_timeout_s": 30.0},
+    }
+
+
+def _mesh(s: ExperimentSettings, policy: str):
+    """A local mesh for one policy; with per-agent alphas, a synthetic mesh of mixed speeds."""
+    from ..mesh import LocalMesh
+
+    sections = mesh_sections(s)
+    sections["moa"] = {**sections["moa"], "peer_policy": policy, "peer_candidates": s.candidates}
+    if not s.alphas:
+        return LocalMesh(s.agents, **sections, log_level="-v")
+
+    per_agent = {f"agent{i}": {"synthetic_service_s": a} for i, a in enumerate(s.alphas, start=1)}
+    return LocalMesh(s.agents, **sections, log_level="-v", engine_per_agent=per_agent)
+
+
+def run_experiment(s: ExperimentSettings) -> list[RunStats]:
+    """Every run of the grid, one mesh per policy (queues drain between runs); CSVs, summary and plots in s.out."""
+    from . import plot
+    from .experiment import write_summary
+
+    results: list[RunStats] = []
+    for policy in s.policies:
+        with _mesh(s, policy) as mesh:
+            if s.alpha_s is None:
+                s = replace(s, alpha_s=calibrate(mesh, s))
+                log.info("measured alpha: %.3fs per inference", s.alpha_s)
+            for spec in (x for x in s.specs() if x.policy == policy):
+                results.append(_run(mesh, spec, s))
+    results.sort(key=lambda r: (s.grid.index((r.spec.layers, r.spec.proposers)), r.spec.rate,
+                                s.policies.index(r.spec.policy)))
+    table = write_summary(s.out, results)
+    plot.plot_all(s.out, results)
+    print(table)
+    return results
+
+
+def _run(mesh, spec: RunSpec, s: ExperimentSettings) -> RunStats:
+    """One live run, its files, its statistics and the simulator beside it."""
+    prompts, samples = run_live(mesh, spec, s)
+    write_run_csv(s.out, spec, prompts, samples)
+    stats = run_stats(spec, prompts, samples)
+    stats.sim = predict(spec, prompts, steady_prompts=s.sim_prompts)
+    write_sim_json(s.out, spec, stats.sim)
+    log.info("%s: live queue %.3f (sim %.3f), latency %.3fs (sim %.3fs)", spec.name, stats.mean_in_system,
+             stats.sim["mean_in_system"], stats.latency_mean, stats.sim["latency"]["mean"])
+    return stats
+
+
+def calibrate(mesh, s: ExperimentSettings, per_agent: int = 3) -> float:
+    """Mean inference seconds, from a few prompts answered alone (M = 0) by each agent in turn, idle mesh."""
+    seconds: list[float] = []
+    with mesh.client() as client:
+        for i in range(per_agent):
+            for device in mesh.devices:
+                answer = client.ask(device, PROMPTS[i % len(PROMPTS)], layers=0, proposers=0,
+                                    max_new_tokens=s.max_new_tokens, timeout_s=600)
+                seconds += [e["inference_s"] for layer in answer.get("trace", []) for e in layer["answered"]
+                            if e.get("inference_s") is not None]
+    if not seconds:
+        raise InferenceError("calibration got no inference times back from the agents")
+    return sum(seconds) / len(seconds)
+
+
+def run_live(mesh, spec: RunSpec, s: ExperimentSettings) -> tuple[list[PromptRecord], list[QueueSample]]:
+    """Poisson prompts at every agent for spec.duration_s, then wait for the answers; returns what was seen."""
+    schedule = poisson_schedule(mesh.devices, spec.rate, spec.duration_s, spec.seed)
+    samples: list[QueueSample] = []
+    records: list[PromptRecord] = []
+    pending: list[Future] = []
+    bar = _progress(len(schedule), spec.name, s.progress)
+    lock = threading.Lock()
+
+    with mesh.client() as client:
+        start = time.time()
+
+        def on_status(status) -> None:
+            if status.online and status.sent_at and status.queue_length is not None and status.sent_at >= start:
+                with lock:
+                    samples.append(QueueSample(t=status.sent_at - start, device=status.device,
+                                               queue_length=status.queue_length, busy=bool(status.busy)))
+
+        client.watch_status(on_status)
+        for i, (t, device) in enumerate(schedule):
+            delay = start + t - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            rec = PromptRecord(request_id=f"{spec.name}-{spec.seed}-{i}", device=device,
+                               sent_at=time.time() - start)
+            records.append(rec)
+            future = client.submit(device, PROMPTS[i % len(PROMPTS)], request_id=rec.request_id,
+                                   layers=spec.layers, proposers=spec.proposers, max_new_tokens=s.max_new_tokens)
+            future.add_done_callback(partial(_on_answer, rec, start, bar))
+            pending.append(future)
+        remaining = spec.duration_s - (time.time() - start)
+        if remaining > 0:
+            time.sleep(remaining)
+        drain = s.drain_timeout_s if s.drain_timeout_s is not None else 2 * spec.duration_s + 60
+        deadline = time.time() + drain
+        while time.time() < deadline and not all(f.done() for f in pending):
+            time.sleep(0.2)
+        if bar is not None:
+            bar.close()
+        unanswered = sum(not f.done() for f in pending)
+        if unanswered:
+            log.warning("%s: %d prompts unanswered after a %.0fs drain", spec.name, unanswered, drain)
+        with lock:
+            return list(records), sorted(samples, key=lambda x: x.t)
+
+
+def _on_answer(rec: PromptRecord, start: float, bar, future: Future) -> None:
+    rec.answered_at = time.time() - start
+    try:
+        answer = future.result()
+    except ProtocolError as exc:  # a malformed answer: recorded, the run goes on
+        rec.error = type(exc).__name__
+        return
+    if "error" in answer:
+        rec.error = answer["error"].get("code", "error")
+    else:
+        rec.agent_latency_s = answer.get("latency_s")
+        rec.inferences = answer.get("inferences")
+        rec.inference_s = [Inference(e["device"], float(e["inference_s"]), step)
+                           for step, layer in enumerate(answer.get("trace", []), start=1)
+                           for e in layer.get("answered", []) if e.get("inference_s") is not None]
+    if bar is not None:
+        bar.update(1)
+
+
+def _progress(total: int, name: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=name, unit="answer", dynamic_ncols=True)

@@ -1,0 +1,137 @@
+"""The live experiment's pure parts: grid, Poisson schedule, statistics, CSV round trip, table and plots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.errors import ConfigError
+from edge_agent.stability.experiment import (
+    Inference,
+    PromptRecord,
+    QueueSample,
+    RunSpec,
+    load_results,
+    parse_grid,
+    poisson_schedule,
+    predict,
+    read_run_csv,
+    run_stats,
+    summary_table,
+    write_run_csv,
+    write_sim_json,
+    write_summary,
+)
+
+
+def test_parse_grid():
+    assert parse_grid("0,0;1,1; 1,2;") == [(0, 0), (1, 1), (1, 2)]
+    for bad in ("", "1", "1,a", "-1,0"):
+        with pytest.raises(ConfigError):
+            parse_grid(bad)
+
+
+def test_poisson_schedule_rate_and_independence():
+    devices = ["a", "b", "c", "d"]
+    events = poisson_schedule(devices, rate=2.0, duration_s=5000.0, seed=1)
+    assert events == sorted(events)
+    assert all(0 <= t < 5000 for t, _ in events)
+    for d in devices:
+        times = np.array([t for t, dev in events if dev == d])
+        assert times.size == pytest.approx(10_000, rel=0.05)
+        gaps = np.diff(times)
+        assert gaps.mean() == pytest.approx(0.5, rel=0.05)
+        assert gaps.std() == pytest.approx(0.5, rel=0.05)  # exponential: sd = mean
+    assert poisson_schedule(devices, 2.0, 100.0, seed=1) == poisson_schedule(devices, 2.0, 100.0, seed=1)
+
+
+def _fake_run():
+    spec = RunSpec(agents=2, layers=1, proposers=1, rate=0.5, duration_s=10.0, alpha_s=0.1, warmup_s=2.0)
+    prompts = [
+        PromptRecord("r1", "a", sent_at=1.0, answered_at=1.5, agent_latency_s=0.49, inferences=3,
+                     inference_s=[Inference("a", 0.1, 1), Inference("b", 0.1, 1), Inference("a", 0.1, 2)]),
+        PromptRecord("r2", "b", sent_at=3.0, answered_at=3.4, agent_latency_s=0.39, inferences=3,
+                     inference_s=[Inference("b", 0.1, 1), Inference("a", 0.12, 1), Inference("b", 0.1, 2)]),
+        PromptRecord("r3", "a", sent_at=5.0, answered_at=5.6, agent_latency_s=0.59, inferences=3,
+                     inference_s=[Inference("a", 0.1, 1), Inference("b", 0.1, 1), Inference("a", 0.1, 2)]),
+        PromptRecord("r4", "b", sent_at=7.0, answered_at=7.1, error="queue_full"),
+    ]
+    samples = [QueueSample(t=float(t), device=d, queue_length=q, busy=q > 0)
+               for t in range(12) for d, q in (("a", t % 3), ("b", 1))]
+    return spec, prompts, samples
+
+
+def test_run_stats_uses_the_window():
+    spec, prompts, samples = _fake_run()
+    s = run_stats(spec, prompts, samples)
+    assert s.prompts_sent == 4 and s.prompts_answered == 4 and s.errors == 1
+    assert s.latency_mean == pytest.approx((0.4 + 0.6) / 2)  # r1 is before the warm-up, r4 failed
+    # window t in [2, 10): a cycles 2,0,1,2,0,1,2,0 -> mean 1; b always 1
+    assert s.mean_in_system == pytest.approx((1.0 + 1.0) / 2)
+    assert s.mean_waiting == pytest.approx(((1 + 0 + 0 + 1 + 0 + 0 + 1 + 0) / 8 + 0) / 2)
+    assert s.utilization == 1.0
+    assert s.inferences_per_prompt == 3
+    assert s.inference_mean_s == pytest.approx(0.9 / 9 + 0.02 / 9)
+
+
+def test_csv_round_trip_summary_and_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    from edge_agent.stability.plot import plot_all
+
+    spec, prompts, samples = _fake_run()
+    write_run_csv(tmp_path, spec, prompts, samples)
+    sim = {"mean_waiting": 0.3, "mean_in_system": 1.0, "utilization": 0.3, "queue_growth_per_s": 0.0,
+           "latency": {"mean": 0.5, "p50": 0.5, "p95": 0.6, "p99": 0.7}}
+    write_sim_json(tmp_path, spec, sim)
+    [loaded] = load_results(tmp_path)
+    assert loaded.row() == {**run_stats(spec, prompts, samples).row(), **{k: loaded.row()[k] for k in loaded.row()
+                                                                         if k.startswith("sim_")}}
+    assert loaded.sim == sim
+    table = write_summary(tmp_path, [loaded])
+    assert "| M = 1, k = 1 |" in table and "+0%" in table
+    assert (tmp_path / "summary.csv").read_text().startswith("layers,proposers,rate")
+    for path in plot_all(tmp_path, [loaded]):
+        assert path.exists() and path.stat().st_size > 1000
+    assert summary_table([]).count("\n") == 1
+
+
+def test_reads_csv_written_before_steps_were_recorded(tmp_path):
+    spec, prompts, samples = _fake_run()
+    write_run_csv(tmp_path, spec, prompts, samples)
+    path = tmp_path / f"{spec.name}.prompts.csv"
+    path.write_text(path.read_text().replace("a:1:0.1000", "a:0.1000"))
+    _, loaded, _ = read_run_csv(tmp_path, spec.name)
+    assert loaded[0].inference_s[0] == Inference("a", 0.1, 0)
+    assert loaded[1].inference_s[0] == Inference("b", 0.1, 1)
+
+
+def test_specs_per_policy_and_load_relative_to_the_papers_bound(tmp_path):
+    from edge_agent.stability.live import ExperimentSettings
+
+    s = ExperimentSettings(agents=4, grid=[(1, 2)], rates=None, loads=[0.5, 1.5], duration_s=100.0,
+                           engine="synthetic", alpha_s=0.2, out=tmp_path, alphas=(0.1, 0.1, 0.1, 0.2),
+                           policies=("uniform", "speed-aware"))
+    specs = s.specs()
+    assert [(x.rate, x.policy) for x in specs] == [(pytest.approx(0.625), "uniform"),
+                                                  (pytest.approx(0.625), "speed-aware"),
+                                                  (pytest.approx(1.875), "uniform"),
+                                                  (pytest.approx(1.875), "speed-aware")]
+    assert specs[1].name == "M1_k2_rate0.625_speed-aware" and specs[0].name == "M1_k2_rate0.625"
+    assert all(x.warmup_s == 10.0 and x.alpha_s == 0.2 for x in specs)
+
+
+def test_predict_replays_mixed_speeds_with_each_agents_measured_time():
+    spec = RunSpec(agents=4, layers=1, proposers=2, rate=0.5, duration_s=100.0, alpha_s=0.2, warmup_s=10.0,
+                   alphas=(0.1, 0.1, 0.1, 0.2), policy="speed-aware")
+    rng = np.random.default_rng(0)
+    prompts = []
+    for i, t in enumerate(np.sort(rng.uniform(0, 100, 200))):
+        device = f"agent{i % 4 + 1}"
+        prompts.append(PromptRecord(f"r{i}", device, sent_at=float(t), answered_at=float(t) + 0.5, inferences=4,
+                                    inference_s=[Inference(f"agent{d}", 0.2 if d == 4 else 0.1, 1)
+                                                 for d in (1, 2, 3, 4)]))
+    sim = predict(spec, prompts, steady_prompts=20_000, replays=3)
+    assert sim["simulated_alphas"] == [pytest.approx(0.1)] * 3 + [pytest.approx(0.2)]
+    assert sim["steady"]["policy"] == "speed-aware" and sim["steady"]["candidates"] == 3
+    assert len(sim["trace_t"]) == len(sim["trace_in_system"]) == 201
+    assert 0 < sim["mean_in_system"] < 2

@@ -1,0 +1,158 @@
+"""Theorem 1, its heterogeneous form (eq. 6) and the speed-aware bound, checked without I/O."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent.errors import ConfigError
+from edge_agent.stability.planner import inferences_per_prompt, plan, speed_aware_max_rate
+
+PAPER_GRID = [(0, 0, 1), (1, 1, 3), (1, 2, 4), (2, 1, 5), (2, 2, 7), (1, 3, 5), (2, 3, 9)]
+
+
+@pytest.mark.parametrize("layers,proposers,expected", PAPER_GRID)
+def test_inferences_per_prompt_on_the_papers_grid(layers, proposers, expected):
+    assert inferences_per_prompt(layers, proposers) == expected
+
+
+@pytest.mark.parametrize("layers,proposers,expected", PAPER_GRID)
+def test_theorem_1_homogeneous(layers, proposers, expected):
+    p = plan(agents=4, layers=layers, proposers=proposers, rate=0.25, alphas=(0.5,))
+    assert p.load_per_agent == pytest.approx(expected * 0.25)
+    assert p.utilization == pytest.approx(0.5 * expected * 0.25)
+    assert p.stable is (0.5 * expected * 0.25 < 1)
+    assert p.max_rate == pytest.approx(1 / (0.5 * expected))
+    assert p.margin == pytest.approx(1 - p.utilization)
+
+
+def test_stability_flips_exactly_at_the_bound():
+    bound = plan(agents=4, layers=1, proposers=2, rate=1.0, alphas=(2.0,)).max_rate
+    assert bound == pytest.approx(1 / 8)
+    assert plan(agents=4, layers=1, proposers=2, rate=bound * 0.999, alphas=(2.0,)).stable
+    assert not plan(agents=4, layers=1, proposers=2, rate=bound * 1.001, alphas=(2.0,)).stable
+
+
+def test_heterogeneous_uses_the_slowest_agent():
+    # eq. (6): ((k+1)M+1) lambda < 1 / alpha_max
+    p = plan(agents=4, layers=1, proposers=2, rate=0.1, alphas=(1.0, 1.0, 1.5, 3.0))
+    assert p.utilizations == pytest.approx((0.4, 0.4, 0.6, 1.2))
+    assert p.utilization == pytest.approx(1.2)
+    assert not p.stable
+    assert p.max_rate == pytest.approx(1 / (4 * 3.0))
+
+
+def test_one_alpha_is_broadcast_to_every_agent():
+    assert plan(agents=3, layers=1, proposers=1, rate=0.1, alphas=(2.0,)).alphas == (2.0, 2.0, 2.0)
+
+
+def test_speed_aware_equals_the_paper_when_all_alphas_are_equal():
+    for layers, proposers, _ in PAPER_GRID:
+        p = plan(agents=4, layers=layers, proposers=proposers, rate=0.1, alphas=(0.7,), speed_aware=True)
+        assert p.speed_aware.max_rate == pytest.approx(p.max_rate)
+
+
+def test_speed_aware_with_mixed_models():
+    # alphas (1,1,1,2), M=1: own load of the slow agent, 2*lambda*2 < 1, binds for k = 1; the mesh
+    # capacity 3.5 / (4 * 4) binds for k = 2; k = 3 = n-1 leaves no choice, so the paper's bound holds.
+    alphas = (1.0, 1.0, 1.0, 2.0)
+    assert speed_aware_max_rate(4, 1, 1, alphas) == (pytest.approx(0.25), 1)
+    assert speed_aware_max_rate(4, 1, 2, alphas) == (pytest.approx(3.5 / 16), 4)
+    assert speed_aware_max_rate(4, 1, 3, alphas)[0] == pytest.approx(1 / (5 * 2.0))
+    p = plan(agents=4, layers=1, proposers=2, rate=0.2, alphas=alphas, speed_aware=True)
+    assert not p.stable and p.speed_aware.stable
+    assert p.speed_aware.max_rate_own == pytest.approx(0.25)
+    assert p.speed_aware.max_rate_mesh == pytest.approx(3.5 / 16)
+
+
+def test_json_has_the_keys_scripts_read():
+    out = plan(agents=4, layers=1, proposers=2, rate=0.1, alphas=(1.0, 2.0, 1.0, 1.0), speed_aware=True).to_json()
+    for key in ("inferences_per_prompt", "utilization", "stable", "max_rate", "max_rate_speed_aware", "margin"):
+        assert key in out
+    assert isinstance(out["stable"], bool)
+    assert "max_rate_speed_aware" not in plan(agents=4, layers=1, proposers=2, rate=0.1, alphas=(1.0,)).to_json()
+
+
+@pytest.mark.parametrize(
+    "kwargs,flag",
+    [
+        ({"agents": 4, "layers": 1, "proposers": 4, "rate": 0.1, "alphas": (1.0,)}, "--proposers"),
+        ({"agents": 4, "layers": 1, "proposers": 2, "rate": 0.0, "alphas": (1.0,)}, "--rate"),
+        ({"agents": 4, "layers": 1, "proposers": 2, "rate": 0.1, "alphas": (1.0, 2.0)}, "--alpha"),
+        ({"agents": 4, "layers": 1, "proposers": 2, "rate": 0.1, "alphas": (-1.0,)}, "--alpha"),
+        ({"agents": 0, "layers": 1, "proposers": 0, "rate": 0.1, "alphas": (1.0,)}, "--agents"),
+        ({"agents": 4, "layers": -1, "proposers": 0, "rate": 0.1, "alphas": (1.0,)}, "--layers"),
+    ],
+)
+def test_bad_arguments_name_the_flag(kwargs, flag):
+    with pytest.raises(ConfigError) as info:
+        plan(**kwargs)
+    assert [p[0] for p in info.value.problems] == [flag]
+
+
+# -- the min-cut formula against a brute-force max flow on the transport network --
+
+def _max_flow(capacity: list[list[float]], source: int, sink: int) -> float:
+    n = len(capacity)
+    residual = [row[:] for row in capacity]
+    flow = 0.0
+    while True:
+        parent = [-1] * n
+        parent[source] = source
+        queue = deque([source])
+        while queue and parent[sink] < 0:
+            u = queue.popleft()
+            for v in range(n):
+                if parent[v] < 0 and residual[u][v] > 1e-12:
+                    parent[v] = u
+                    queue.append(v)
+        if parent[sink] < 0:
+            return flow
+        v, push = sink, float("inf")
+        while v != source:
+            push = min(push, residual[parent[v]][v])
+            v = parent[v]
+        v = sink
+        while v != source:
+            residual[parent[v]][v] -= push
+            residual[v][parent[v]] += push
+            v = parent[v]
+        flow += push
+
+
+def _feasible(agents: int, layers: int, proposers: int, rate: float, alphas: list[float]) -> bool:
+    """Can peer tasks be placed so every agent's load is below its capacity? (source, users, agents, sink)"""
+    n, m, k = agents, layers, proposers
+    spare = [1 / a - (m + 1) * rate for a in alphas]
+    if min(spare) <= 0:
+        return False
+    size = 2 * n + 2
+    cap = [[0.0] * size for _ in range(size)]
+    for j in range(n):
+        cap[0][1 + j] = k * m * rate
+        for i in range(n):
+            if i != j:
+                cap[1 + j][1 + n + i] = m * rate
+        cap[1 + n + j][size - 1] = spare[j]
+    return _max_flow(cap, 0, size - 1) >= n * k * m * rate * (1 - 1e-9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(2, 6),
+    m=st.integers(0, 3),
+    data=st.data(),
+)
+def test_speed_aware_bound_is_the_max_flow_threshold(n, m, data):
+    k = data.draw(st.integers(0, n - 1))
+    alphas = data.draw(st.lists(st.floats(0.2, 5.0), min_size=n, max_size=n))
+    bound, _ = speed_aware_max_rate(n, m, k, tuple(alphas))
+    assert _feasible(n, m, k, bound * 0.995, alphas)
+    assert not _feasible(n, m, k, bound * 1.005, alphas)
+    # never below the paper's bound, never above either of the two simple conditions
+    p = plan(agents=n, layers=m, proposers=k, rate=bound, alphas=tuple(alphas), speed_aware=True)
+    assert p.max_rate <= bound * (1 + 1e-9)
+    assert bound <= min(p.speed_aware.max_rate_own, p.speed_aware.max_rate_mesh) * (1 + 1e-9)
