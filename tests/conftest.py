@@ -18,6 +18,13 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{report.when}", report)
 
 
+def attach_on_failure(request, title: str, text) -> None:
+    """After a test, add `text()` (logs) to its report if it failed."""
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        report.sections.append((title, text()))
+
+
 @pytest.fixture(scope="module")
 def _module_broker():
     # A missing mosquitto is an error, not a skip: MosquittoProcess raises with what to install.
@@ -29,9 +36,7 @@ def _module_broker():
 def broker(_module_broker, request):
     """A real Mosquitto on a free port; its log is attached to a failing test's report."""
     yield _module_broker
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        report.sections.append(("mosquitto log", _module_broker.log()[-5000:]))
+    attach_on_failure(request, "mosquitto log", lambda: _module_broker.log()[-5000:])
 
 
 @pytest.fixture

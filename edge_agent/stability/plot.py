@@ -71,11 +71,7 @@ def plot_queues(out: Path, results: list[RunStats]) -> Path:
     for ax in list(axes.flat)[len(results):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path = out / "queue_over_time.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "queue_over_time.png")
 
 
 def plot_latency(out: Path, results: list[RunStats]) -> Path:
@@ -95,11 +91,7 @@ def plot_latency(out: Path, results: list[RunStats]) -> Path:
     ax.set_ylabel("latency (s)")
     ax.set_title("prompt latency by MoA configuration")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "latency_by_config.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "latency_by_config.png")
 
 
 def plot_sim_vs_live(out: Path, results: list[RunStats]) -> Path:
@@ -119,11 +111,7 @@ def plot_sim_vs_live(out: Path, results: list[RunStats]) -> Path:
             ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "sim_vs_live.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "sim_vs_live.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,3 +127,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

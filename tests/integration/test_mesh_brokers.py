@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from tests.conftest import attach_on_failure
 from tests.integration.mesh_helpers import ProvisionedMesh, wait_until
 
 BOARDS = "abcd"
@@ -28,9 +29,7 @@ def mesh(request, tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _attach_logs(request, mesh):
     yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        report.sections.append(("mosquitto logs", mesh.logs()))
+    attach_on_failure(request, "mosquitto logs", mesh.logs)
 
 
 def _wait_for_bridges(mesh: ProvisionedMesh, timeout_s: float = 20.0) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from edge_agent.client import MoaClient
 from edge_agent.transport import BrokerSettings
+from tests.conftest import attach_on_failure
 from tests.integration.mesh_helpers import AgentProcesses, ProvisionedMesh, wait_until
 
 pytestmark = pytest.mark.slow
@@ -32,10 +33,8 @@ def fleet(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _attach_logs(request, fleet):
     yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        mesh, agents = fleet
-        report.sections.append(("logs", mesh.logs() + "\n" + agents.logs()))
+    mesh, agents = fleet
+    attach_on_failure(request, "logs", lambda: mesh.logs() + "\n" + agents.logs())
 
 
 def app_settings(mesh: ProvisionedMesh, board: str) -> BrokerSettings:
