@@ -27,11 +27,20 @@ def mesh_with(broker, service_s, **sections):
                      topic_root=f"test/{uuid.uuid4().hex[:8]}", **sections)
 
 
+def first_message_on(broker, topic: str) -> subprocess.Popen:
+    """A mosquitto_sub that exits with the first message on `topic` (to act at a known point of the protocol)."""
+    watcher = subprocess.Popen(["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t", topic,
+                                "-C", "1", "-W", "30", "-v"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # subscribed
+    return watcher
+
+
 def test_a_proposer_killed_mid_request_does_not_lose_the_prompt(broker):
     with mesh_with(broker, 2.0) as mesh, mesh.client() as client:
+        acked = first_message_on(broker, f"{mesh.topic_root}/agent1/inbox/agent3")  # agent3's task_ack
         future = client.submit("agent1", "hello mesh", layers=1, proposers=3)
-        time.sleep(0.8)  # every proposer is inferring now
-        mesh.kill("agent3")
+        assert '"task_ack"' in acked.communicate(timeout=40)[0]
+        mesh.kill("agent3")  # it accepted the task and is inferring
         answer = future.result(timeout=60)
     assert "error" not in answer, answer
     layer1 = answer["trace"][0]
@@ -44,14 +53,9 @@ def test_a_proposer_killed_mid_request_does_not_lose_the_prompt(broker):
 
 def test_a_killed_proposers_slot_moves_to_a_spare_peer(broker):
     with mesh_with(broker, 2.0) as mesh, mesh.client() as client:
-        # watch which peer agent1 sends its task to (tasks go to <root>/<peer>/inbox/agent1)
-        watcher = subprocess.Popen(
-            ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t", f"{mesh.topic_root}/+/inbox/agent1",
-             "-C", "1", "-W", "30", "-v"], stdout=subprocess.PIPE, text=True)
-        time.sleep(0.3)
+        sent = first_message_on(broker, f"{mesh.topic_root}/+/inbox/agent1")  # agent1's one task to a peer
         future = client.submit("agent1", "hello again", layers=1, proposers=1)
-        topic = watcher.communicate(timeout=40)[0].split(" ", 1)[0]
-        chosen = topic.split("/")[-3]
+        chosen = sent.communicate(timeout=40)[0].split(" ", 1)[0].split("/")[-3]
         time.sleep(0.3)
         mesh.kill(chosen)
         answer = future.result(timeout=60)
