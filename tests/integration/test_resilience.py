@@ -127,3 +127,18 @@ def test_waiting_tasks_are_served_together_in_one_batch(broker):
     assert abs(seconds[0] - 1.0) < 0.2
     # one batch of 3: 1.0 x (1 + 0.25 x 2) = 1.5 s for each, instead of 1, 2 and 3 s of waiting one by one
     assert all(abs(s - 1.5) < 0.2 for s in seconds[1:]), seconds
+
+
+def test_speed_aware_agents_route_around_a_slow_board(broker):
+    mesh = LocalMesh(4, engine={"kind": "synthetic", "synthetic_service_s": 0.1},
+                     engine_per_agent={"agent4": {"synthetic_service_s": 1.0}},
+                     moa={"peer_policy": "speed-aware", "peer_candidates": 3},
+                     broker=broker, topic_root=f"test/{uuid.uuid4().hex[:8]}")
+    with mesh, mesh.client() as client:
+        # every agent proposes once, so each advertises its alpha in the next heartbeat
+        client.ask("agent1", "warm", layers=1, proposers=3, timeout_s=30)
+        time.sleep(1.5)
+        answers = [client.ask("agent1", f"q{i}", layers=1, proposers=1, timeout_s=30) for i in range(8)]
+    chosen = [e["device"] for a in answers for e in a["trace"][0]["answered"] if e["device"] != "agent1"]
+    # uniform choice would pick agent4 a third of the time; the slow board's expected wait is 10x the others'
+    assert len(chosen) == 8 and "agent4" not in chosen, chosen
