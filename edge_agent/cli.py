@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.set_defaults(func=cmd_agent)
 
     config = sub.add_parser("config", help="configuration tools")
+    config.set_defaults(func=lambda args: config.print_help() or 2)  # `edge-moa config` alone: say what it takes
     config_sub = config.add_subparsers(metavar="ACTION")
     check = config_sub.add_parser("check", help="validate an agent.toml: key path, value and message; exit 1")
     check.add_argument("file", type=Path)
