@@ -12,6 +12,7 @@ one decode step per token serves every row, each row's length carried by its own
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -76,11 +77,14 @@ class OnnxEngine:
         self._template = ChatTemplate(
             self.manifest.chat_template, bos_token=self.manifest.bos_token, eos_token=self.manifest.eos_token
         )
+        # the session first: its loading transient (weights read, then prepacked) peaks before the tokenizer
+        # adds its own; what both freed goes back to the system (peak RSS, issue 3)
+        self._session = _create_session(self.model_dir / self.manifest.graph, threads)
         try:
             self._tokenizer = Tokenizer.from_file(str(self.model_dir / self.manifest.tokenizer))
         except Exception as exc:  # tokenizers raises plain Exception subclasses
             raise InferenceError(f"cannot load the tokenizer of {self.model_dir}: {exc}") from exc
-        self._session = _create_session(self.model_dir / self.manifest.graph, threads)
+        _return_freed_heap()
         names = {i.name: i for i in self._session.get_inputs()}
         self._past_names = [
             (f"past_key_values.{i}.key", f"past_key_values.{i}.value")
@@ -493,6 +497,14 @@ def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.ra
         kept = probs[keep] / probs[keep].sum()
         return int(keep[rng.choice(len(keep), p=kept)])
     return int(rng.choice(len(probs), p=probs))
+
+
+def _return_freed_heap() -> None:
+    """glibc keeps the heap freed while loading (about 10-25 MB here) in the process: hand it back."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        pass
 
 
 def _create_session(path: Path, threads: int) -> ort.InferenceSession:

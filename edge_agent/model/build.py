@@ -22,6 +22,10 @@ from .store import model_dir_for
 
 log = logging.getLogger(__name__)
 
+# Bumped whenever a build's files change for the same source: a cached model from an older pipeline is rebuilt.
+# 2: GGUF block constants as offset digits inside MatMulNBits, BPE merges as strings.
+PIPELINE = 2
+
 # Kept beside the graph: what the engine needs, plus genai_config.json so onnxruntime-genai can run it too.
 _KEEP = (
     "model.onnx",
@@ -75,8 +79,10 @@ def build_model(
     precision = precision or (entry.precision if entry else "int4")
     out = Path(out_dir) if out_dir else model_dir_for(source.name)
     if (out / "manifest.json").is_file() and not force:
-        log.info("%s is already built in %s (use --force to rebuild)", source.name, out)
-        return out
+        if read_manifest(out).pipeline == PIPELINE:
+            log.info("%s is already built in %s (use --force to rebuild)", source.name, out)
+            return out
+        log.info("%s in %s was built by an older pipeline: rebuilding", source.name, out)
     work = Path(work_dir) if work_dir else out.parent / f".{out.name}.work"
     work.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f"{out.name}.partial"
@@ -219,6 +225,7 @@ def _manifest(
         past_present_share_buffer=True,
         stop_strings=tuple(stops),
         notes=(entry.description if entry else f"built from {config.get('_name_or_path') or origin}") + exact,
+        pipeline=PIPELINE,
     )
 
 

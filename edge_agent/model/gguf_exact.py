@@ -1,11 +1,14 @@
-"""Put a GGUF's own 4-bit weights into the builder's MatMulNBits nodes, bit for bit (no second quantization).
+"""Put a GGUF's own 4-bit weights into the builder's MatMulNBits nodes (no second quantization of the weights).
 
 A Q4_1 block (32 weights) is `w = d*q + m` with q in 0..15. MatMulNBits' fast symmetric int4 kernel computes
-`scale*(q - 8)`, so with scale = d the rest is a per-block constant c = m + 8d, and
-`x . w = d * sum_k x_k (q_k - 8) + c * sum_k x_k`: the node keeps the exact nibbles and scales, and a small dense
-MatMul of the input's 32-element block sums by C (K/32 x N) adds the remainder. Q4_0 (`d*(q-8)`) needs no
-remainder. Re-rounding the dequantized weights instead moved the next-token distribution by KL 0.31 (issue 3).
-Other GGUF types keep the builder's own quantization.
+`scale*(q - 8)`, so with scale = d the rest is a per-block constant c = m + 8d:
+`x . w = d * sum_k x_k (q_k - 8) + c * sum_k x_k`. The nibbles and scales are copied bit for bit; the constants
+ride in the same kernel call: the input gets its 32-element block sums appended twice, the weights two extra
+4-bit blocks per 32 blocks ("digits": c to within 1/196 of its row's range, residual of the first digit in the
+second). One MatMulNBits per weight and no fp32 side matrices: a separate offset MatMul read 13 MB of fp32 per
+token and cost 25-30 % of decode (issue 3); the digits cost KL +0.0008 against the fp32 reference.
+Q4_0 (`d*(q-8)`) needs no constants. Re-rounding the dequantized weights instead moved the next-token
+distribution by KL 0.31 (issue 3). Other GGUF types keep the builder's own quantization.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _BLOCK = 32
+_DIGITS = 2  # 4-bit digits per block constant: one gives KL 0.10, two 0.0057 (0.0049 with fp32 offsets)
 # builder initializer prefix -> GGUF tensor names (concatenated along the output dimension)
 _LAYER_MAP = {
     "attn.qkv_proj": ("attn_q", "attn_k", "attn_v"),
@@ -76,7 +80,7 @@ def apply_exact_weights(model_dir: Path, gguf: Path, *, num_heads: int, num_kv_h
     model = onnx.load(str(model_dir / "model.onnx"))
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
-    new_nodes, replaced, block_sums = [], 0, {}
+    new_nodes, replaced, augmented = [], 0, {}
     for node in graph.node:
         new_nodes.append(node)
         if node.op_type != "MatMulNBits" or not (match := _NAME.match(node.input[1])):
@@ -108,41 +112,30 @@ def apply_exact_weights(model_dir: Path, gguf: Path, *, num_heads: int, num_kv_h
         ):
             log.warning("%s: shapes differ from the GGUF's, keeping the builder's weights", node.name)
             continue
-        b_name, s_name = node.input[1], node.input[2]
-        inits[b_name].CopyFrom(numpy_helper.from_array(pack_for_matmul_nbits(q), b_name))
-        inits[s_name].CopyFrom(numpy_helper.from_array(d.reshape(-1), s_name))
-        del node.input[3:]  # no zero points: the symmetric kernel's implicit 8
-        correction = m + 8.0 * d
+        packed, scales = pack_for_matmul_nbits(q), d
+        correction = m + 8.0 * d  # what the symmetric kernel's implicit zero point 8 leaves out
         if np.any(correction != 0):
             x = node.input[0]
-            if x not in block_sums:
-                # one MatMul by a 0/1 block indicator (K x K/32): fewer nodes than Reshape + ReduceSum
-                indicator_name, sums = f"block_indicator_{k_in}", f"{x}/block_sums"
-                if indicator_name not in inits:  # one per input width, shared by every layer
-                    indicator = np.repeat(np.eye(n_blocks, dtype=np.float32), _BLOCK, axis=0)
-                    inits[indicator_name] = numpy_helper.from_array(indicator, indicator_name)
-                    graph.initializer.append(inits[indicator_name])
-                new_nodes.append(
-                    helper.make_node("MatMul", [x, indicator_name], [sums], name=f"{x}/BlockSums")
-                )
-                block_sums[x] = sums
-            c_name, y = f"{b_name}.block_offsets", node.output[0]
-            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(correction.T), c_name))
-            node.output[0] = f"{y}/nbits"
-            new_nodes.append(
-                helper.make_node(
-                    "MatMul", [block_sums[x], c_name], [f"{y}/offsets"], name=f"{node.name}/offsets"
-                )
-            )
-            new_nodes.append(
-                helper.make_node("Add", [f"{y}/nbits", f"{y}/offsets"], [y], name=f"{node.name}/add")
-            )
+            if x not in augmented:  # the block-sum nodes go before the first node that reads them
+                augmented[x], nodes = _block_sums_appended(graph, inits, x, k_in)
+                new_nodes[-1:-1] = nodes
+            node.input[0] = augmented[x]
+            digit_q, digit_scales = offset_digits(correction)
+            packed = np.concatenate([packed, pack_for_matmul_nbits(digit_q)], axis=1)
+            scales = np.concatenate([d, digit_scales], axis=1)
+            for attribute in node.attribute:
+                if attribute.name == "K":
+                    attribute.i = k_in + digit_q.shape[1] * _BLOCK
+        b_name, s_name = node.input[1], node.input[2]
+        inits[b_name].CopyFrom(numpy_helper.from_array(packed, b_name))
+        inits[s_name].CopyFrom(numpy_helper.from_array(scales.reshape(-1), s_name))
+        del node.input[3:]  # no zero points: the symmetric kernel's implicit 8
         replaced += 1
     replaced += _exact_output_head(graph, inits, tensors)
     stale_shapes = [v for v in graph.value_info if v.name.startswith("/model/embed_tokens/")]
     for value in stale_shapes:
         graph.value_info.remove(value)
-    # still topological: each inserted node follows its inputs' producers and precedes the old output's users
+    # still topological: the block-sum nodes follow x's producer and precede x_aug's first reader
     del graph.node[:]
     graph.node.extend(new_nodes)
     (model_dir / "model.onnx.data").unlink(missing_ok=True)
@@ -155,6 +148,44 @@ def apply_exact_weights(model_dir: Path, gguf: Path, *, num_heads: int, num_kv_h
         size_threshold=1024,
     )
     return replaced
+
+
+def offset_digits(correction: np.ndarray, digits: int = _DIGITS) -> tuple[np.ndarray, np.ndarray]:
+    """Block constants c [N, nb] as `digits` 4-bit blocks per 32 of them: (q uint8 [N, digits*chunks, 32],
+    scales [N, digits*chunks]) with sum over digits of scale*(q - 8) ~= c, digit-major, zero-padded to 32."""
+    rows, n_blocks = correction.shape
+    chunks = -(-n_blocks // _BLOCK)
+    rest = np.zeros((rows, chunks * _BLOCK), np.float32)
+    rest[:, :n_blocks] = correction
+    rest = rest.reshape(rows, chunks, _BLOCK)
+    qs, scales = [], []
+    for _ in range(digits):
+        scale = np.abs(rest).max(axis=-1) / 7.0
+        scale[scale == 0] = 1.0
+        q = np.clip(np.rint(rest / scale[..., None]), -8, 7)
+        rest = rest - q * scale[..., None]
+        qs.append((q + 8).astype(np.uint8))
+        scales.append(scale.astype(np.float32))
+    return np.concatenate(qs, axis=1), np.concatenate(scales, axis=1)
+
+
+def _block_sums_appended(graph, inits: dict, x: str, k_in: int) -> tuple[str, list]:
+    """Nodes for `x_aug = [x, s, s]` (s = x's block sums zero-padded to 32, once per digit) and x_aug's name."""
+    from onnx import helper, numpy_helper
+
+    n_blocks = k_in // _BLOCK
+    indicator_name = f"block_sum_indicator_{k_in}"
+    if indicator_name not in inits:  # one per input width, shared by every layer
+        indicator = np.zeros((k_in, -(-n_blocks // _BLOCK) * _BLOCK), np.float32)
+        indicator[np.arange(k_in), np.arange(k_in) // _BLOCK] = 1.0
+        inits[indicator_name] = numpy_helper.from_array(indicator, indicator_name)
+        graph.initializer.append(inits[indicator_name])
+    sums, augmented = f"{x}/block_sums", f"{x}/with_block_sums"
+    nodes = [
+        helper.make_node("MatMul", [x, indicator_name], [sums], name=f"{x}/BlockSums"),
+        helper.make_node("Concat", [x] + [sums] * _DIGITS, [augmented], name=f"{x}/WithBlockSums", axis=-1),
+    ]
+    return augmented, nodes
 
 
 def _exact_output_head(graph, inits: dict, tensors: dict) -> int:

@@ -52,6 +52,7 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256, every file except this one
     notes: str = ""
     format_version: int = FORMAT_VERSION
+    pipeline: int = 1  # which version of `model build` made it (build.PIPELINE): older builds are redone
 
     @property
     def kv_bytes_per_token(self) -> int:

@@ -1,48 +1,24 @@
-"""The exact GGUF path through onnxruntime's real MatMulNBits kernel: packed nibbles + block offsets == x @ W."""
+"""The GGUF path through onnxruntime's real MatMulNBits kernel: Q4_1 nibbles and scales copied as they are, each
+block's constant riding in the same node as two digit blocks over the input's appended block sums (gguf_exact.py).
+"""
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_agent.model.gguf_exact import pack_for_matmul_nbits
+from edge_agent.model.gguf_exact import offset_digits, pack_for_matmul_nbits
 
 
-def test_matmul_nbits_with_block_offsets_matches_dense():
-    rng = np.random.default_rng(0)
-    n, k = 48, 96
-    blocks = k // 32
-    q = rng.integers(0, 16, size=(n, blocks, 32)).astype(np.uint8)
-    d = rng.uniform(0.01, 0.05, size=(n, blocks)).astype(np.float32)
-    m = rng.uniform(-0.4, 0.0, size=(n, blocks)).astype(np.float32)
-    dense = (d[..., None] * q + m[..., None]).reshape(n, k)
-    inits = [
-        numpy_helper.from_array(pack_for_matmul_nbits(q), "B"),
-        numpy_helper.from_array(d.reshape(-1), "scales"),
-        numpy_helper.from_array(np.ascontiguousarray((m + 8 * d).T), "offsets"),
-        numpy_helper.from_array(np.array([0, 0, blocks, 32], np.int64), "block_shape"),
-        numpy_helper.from_array(np.array([-1], np.int64), "axes"),
-    ]
-    nodes = [
-        helper.make_node(
-            "MatMulNBits",
-            ["x", "B", "scales"],
-            ["y_nbits"],
-            domain="com.microsoft",
-            K=k,
-            N=n,
-            bits=4,
-            block_size=32,
-            accuracy_level=1,
-        ),
-        helper.make_node("Reshape", ["x", "block_shape"], ["x_blocks"]),
-        helper.make_node("ReduceSum", ["x_blocks", "axes"], ["x_sums"], keepdims=0),
-        helper.make_node("MatMul", ["x_sums", "offsets"], ["y_offsets"]),
-        helper.make_node("Add", ["y_nbits", "y_offsets"], ["y"]),
-    ]
+def _matmul_nbits(k_total: int, n: int, packed: np.ndarray, scales: np.ndarray) -> ort.InferenceSession:
+    inits = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales.reshape(-1), "scales")]
+    node = helper.make_node(
+        "MatMulNBits", ["x", "B", "scales"], ["y"], domain="com.microsoft",
+        K=k_total, N=n, bits=4, block_size=32, accuracy_level=1,
+    )  # fmt: skip
     graph = helper.make_graph(
-        nodes,
+        [node],
         "exact",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "s", k])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "s", k_total])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "s", n])],
         inits,
     )
@@ -50,7 +26,29 @@ def test_matmul_nbits_with_block_offsets_matches_dense():
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     )
     model.ir_version = 8
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_q4_1_weights_with_offset_digits_match_the_dense_matmul():
+    rng = np.random.default_rng(0)
+    n, k = 48, 96
+    blocks = k // 32
+    q = rng.integers(0, 16, size=(n, blocks, 32)).astype(np.uint8)
+    d = rng.uniform(0.01, 0.05, size=(n, blocks)).astype(np.float32)
+    m = rng.uniform(-0.4, 0.0, size=(n, blocks)).astype(np.float32)
+    dense = (d[..., None] * q + m[..., None]).reshape(n, k)
+    digit_q, digit_scales = offset_digits(m + 8 * d)
+    packed = np.concatenate([pack_for_matmul_nbits(q), pack_for_matmul_nbits(digit_q)], axis=1)
+    scales = np.concatenate([d, digit_scales], axis=1)
+    session = _matmul_nbits(k + 64, n, packed, scales)
+
     x = rng.normal(size=(1, 5, k)).astype(np.float32)
-    (y,) = session.run(None, {"x": x})
-    np.testing.assert_allclose(y, x @ dense.T, rtol=1e-4, atol=1e-4)
+    sums = np.zeros((1, 5, 32), np.float32)
+    sums[..., :blocks] = x.reshape(1, 5, blocks, 32).sum(-1)
+    (y,) = session.run(None, {"x": np.concatenate([x, sums, sums], axis=-1)})
+    exact = x @ dense.T
+    # each block constant is held to 1/196 of its row's range: far below one Q4_1 step (d/2 per weight)
+    bound = np.abs(m + 8 * d).max() / 196 * np.abs(sums).sum(-1, keepdims=True) + 1e-4
+    assert np.all(np.abs(y - exact) <= bound)
+    requantized = x @ (np.round(dense / d.repeat(32, axis=1)) * d.repeat(32, axis=1)).T  # a zero point rounded
+    assert np.abs(y - exact).max() < np.abs(requantized - exact).max() / 10

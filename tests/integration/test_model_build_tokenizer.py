@@ -53,3 +53,20 @@ def test_unknown_eos_is_an_error(tmp_path: Path):
     model = _broken_copy(tmp_path)
     with pytest.raises(InferenceError, match="not in the vocabulary"):
         repair_tokenizer(model, eos_token="<eos>", bos_token=None)
+
+
+def test_repair_writes_bpe_merges_as_strings_and_tokenizes_the_same(tmp_path: Path):
+    model = _broken_copy(tmp_path)
+    data = json.loads((model / "tokenizer.json").read_text())
+    assert data["model"]["type"] == "BPE" and len(data["model"]["merges"]) > 10
+    data["model"]["merges"] = [m.split(" ") if isinstance(m, str) else m for m in data["model"]["merges"]]
+    (model / "tokenizer.json").write_text(json.dumps(data))  # the [a, b] form transformers writes
+    text = "The sky is blue because air scatters short waves more. 1234 <|im_end|>"
+    before = Tokenizer.from_file(str(model / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+
+    repair_tokenizer(model, eos_token="<|im_end|>", bos_token=None)
+
+    merges = json.loads((model / "tokenizer.json").read_text())["model"]["merges"]
+    assert all(isinstance(m, str) and len(m.split(" ")) == 2 for m in merges)
+    after = Tokenizer.from_file(str(model / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    assert after == before

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from edge_agent.model.gguf_exact import pack_for_matmul_nbits, reverse_permute, unpack_blocks
+from edge_agent.model.gguf_exact import offset_digits, pack_for_matmul_nbits, reverse_permute, unpack_blocks
 
 
 def q4_1_bytes(q: np.ndarray, d: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -53,3 +53,17 @@ def test_reverse_permute_undoes_llama_cpp_permute():
 
 def test_other_types_are_left_alone():
     assert unpack_blocks("Q6_K", np.zeros((2, 210), np.uint8)) is None
+
+
+def test_two_offset_digits_hold_each_block_constant_to_a_196th_of_its_range():
+    rng = np.random.default_rng(2)
+    correction = rng.uniform(-0.6, 0.2, size=(5, 48)).astype(np.float32)  # 48 blocks: two chunks of 32
+    q, scales = offset_digits(correction)
+    assert q.shape == (5, 4, 32) and scales.shape == (5, 4) and q.max() <= 15
+    per_digit = (scales[..., None] * (q.astype(np.float32) - 8)).reshape(5, 2, 64)  # digit-major
+    rebuilt = per_digit.sum(axis=1)
+    assert np.all(rebuilt[:, 48:] == 0)  # the padding slots carry nothing
+    error = np.abs(rebuilt[:, :48] - correction)
+    assert error.max() <= np.abs(correction).max() / 196
+    one_digit = scales[:, :2, None] * (q[:, :2].astype(np.float32) - 8)
+    assert np.abs(one_digit.reshape(5, 64)[:, :48] - correction).max() > 10 * error.max()  # the second digit counts
