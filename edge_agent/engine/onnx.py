@@ -93,9 +93,11 @@ class OnnxEngine:
         self._present_names = [
             (f"present.{i}.key", f"present.{i}.value") for i in range(self.manifest.kv.num_layers)
         ]
+        self._embeddings = _MappedEmbeddings(self.model_dir, self.manifest.embeddings) if self.manifest.embeddings else None
+        self._tokens_name = "inputs_embeds" if self._embeddings else "input_ids"
         missing = [n for pair in self._past_names for n in pair if n not in names]
-        if missing or "input_ids" not in names:
-            raise InferenceError(f"{self.model_dir}: the graph lacks inputs {missing or ['input_ids']}")
+        if missing or self._tokens_name not in names:
+            raise InferenceError(f"{self.model_dir}: the graph lacks inputs {missing or [self._tokens_name]}")
         self._kv_dtype = _NUMPY_DTYPES.get(names[self._past_names[0][0]].type, np.float32)
         self._has_position_ids = "position_ids" in names
         self._has_attention_mask = "attention_mask" in names
@@ -116,6 +118,10 @@ class OnnxEngine:
             self._share_buffer,
             self.max_batch,
         )
+
+    def _tokens_input(self, ids: np.ndarray) -> np.ndarray:
+        """What the graph takes for token ids (batch, seq): the ids, or their rows of the mapped table."""
+        return self._embeddings.rows(ids) if self._embeddings else ids
 
     # -- text <-> tokens -------------------------------------------------------------------------------------
 
@@ -378,7 +384,7 @@ class _SharedKvStep:
     def run(self, ids: np.ndarray, *, past_len: int, all_positions: bool = False) -> np.ndarray:
         engine = self._engine
         total = past_len + ids.shape[1]
-        self._binding.bind_cpu_input("input_ids", ids)
+        self._binding.bind_cpu_input(engine._tokens_name, engine._tokens_input(ids))
         self._binding.bind_output("logits")  # rebound each step: its shape changes from prefill to decode
         if engine._has_attention_mask:
             self._binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
@@ -434,14 +440,15 @@ class _BatchKvCache:
 
     def prefill_row(self, row: int, ids: list[int]) -> np.ndarray:
         """Run the prompt of `row` alone into its slice of the buffer; the logits after its last token."""
+        engine = self._engine
         binding = self._bind([array[row : row + 1] for array in self._arrays])
-        binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+        binding.bind_cpu_input(engine._tokens_name, engine._tokens_input(np.asarray([ids], dtype=np.int64)))
         binding.bind_output("logits")
-        if self._engine._has_attention_mask:
+        if engine._has_attention_mask:
             binding.bind_cpu_input("attention_mask", np.ones((1, len(ids)), dtype=np.int64))
-        if self._engine._has_position_ids:
+        if engine._has_position_ids:
             binding.bind_cpu_input("position_ids", np.arange(len(ids), dtype=np.int64)[None, :])
-        self._engine._session.run_with_iobinding(binding)
+        engine._session.run_with_iobinding(binding)
         return binding.get_outputs()[0].numpy()[0, -1].copy()
 
     def decode(self, tokens: list[int], lengths: list[int]) -> np.ndarray:
@@ -449,7 +456,8 @@ class _BatchKvCache:
         engine = self._engine
         width = max(lengths) + 1
         mask = (np.arange(width)[None, :] <= np.asarray(lengths)[:, None]).astype(np.int64)
-        self._binding.bind_cpu_input("input_ids", np.asarray(tokens, dtype=np.int64)[:, None])
+        tokens_input = engine._tokens_input(np.asarray(tokens, dtype=np.int64)[:, None])
+        self._binding.bind_cpu_input(engine._tokens_name, tokens_input)
         self._binding.bind_output("logits")
         if engine._has_attention_mask:
             self._binding.bind_cpu_input("attention_mask", mask)
@@ -457,6 +465,26 @@ class _BatchKvCache:
             self._binding.bind_cpu_input("position_ids", np.asarray(lengths, dtype=np.int64)[:, None])
         engine._session.run_with_iobinding(self._binding)
         return self._binding.get_outputs()[0].numpy()[:, -1]
+
+
+class _MappedEmbeddings:
+    """The token table read from disk as used: SmolLM2's 49k x 576 Q8_0 table (28 MB) is never loaded whole.
+
+    Rows are `q * d` per block of 32 in float32, what GatherBlockQuantized computes inside the graph.
+    """
+
+    def __init__(self, model_dir: Path, files: tuple[str, ...]):
+        try:
+            self._q = np.load(model_dir / files[0], mmap_mode="r")  # int8 [vocab, hidden]
+            self._scales = np.load(model_dir / files[1], mmap_mode="r")  # float16 [vocab, hidden / 32]
+        except (OSError, ValueError, IndexError) as exc:
+            raise InferenceError(f"cannot map the token table of {model_dir}: {exc}") from exc
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        q = np.asarray(self._q[ids.reshape(-1)], dtype=np.float32)
+        scales = np.asarray(self._scales[ids.reshape(-1)], dtype=np.float32)
+        rows = q.reshape(len(q), scales.shape[1], -1) * scales[..., None]
+        return rows.reshape(*ids.shape, q.shape[1])
 
 
 class _ConcatKvStep:
@@ -472,7 +500,7 @@ class _ConcatKvStep:
     def run(self, ids: np.ndarray, *, past_len: int, all_positions: bool = False) -> np.ndarray:
         engine = self._engine
         total = past_len + ids.shape[1]
-        feeds = {"input_ids": ids, **self._past}
+        feeds = {engine._tokens_name: engine._tokens_input(ids), **self._past}
         if engine._has_attention_mask:
             feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)
         if engine._has_position_ids:

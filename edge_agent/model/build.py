@@ -17,16 +17,18 @@ from pathlib import Path
 from ..errors import InferenceError
 from .catalogue import CatalogueEntry, load_catalogue
 from .chat_template import CHATML_TEMPLATE, COMPLETION_TEMPLATE
-from .manifest import KvGeometry, Manifest, read_manifest, sha256_file, write_manifest
+from .manifest import EMBEDDING_FILES, KvGeometry, Manifest, read_manifest, sha256_file, write_manifest
 from .store import model_dir_for
 
 log = logging.getLogger(__name__)
 
 # Bumped whenever a build's files change for the same source: a cached model from an older pipeline is rebuilt.
-# 2: GGUF block constants as offset digits inside MatMulNBits, BPE merges as strings.
+# 2: GGUF block constants as offset digits inside MatMulNBits, BPE merges as strings, 8-bit head in 128-blocks,
+#    the Q8_0 token table outside the graph.
 PIPELINE = 2
 
-# Kept beside the graph: what the engine needs, plus genai_config.json so onnxruntime-genai can run it too.
+# Kept beside the graph: what the engine needs, plus genai_config.json so onnxruntime-genai can run it too
+# (dropped when the token table leaves the graph).
 _KEEP = (
     "model.onnx",
     "model.onnx.data",
@@ -35,6 +37,7 @@ _KEEP = (
     "genai_config.json",
     "chat_template.jinja",
     "config.json",
+    *EMBEDDING_FILES,
 )
 
 
@@ -142,6 +145,8 @@ def build_model(
             shutil.copy2(exported / file, partial / file)
     eos_ids = _finish_tokenizer(partial, entry, gguf)
     manifest = _manifest(partial, source, entry, precision, origin, eos_ids, exact_note)
+    if manifest.embeddings:  # onnxruntime-genai cannot feed inputs_embeds: no config that promises it could
+        (partial / "genai_config.json").unlink()
     write_manifest(partial, manifest)
     if out.exists():
         shutil.rmtree(out)
@@ -226,6 +231,7 @@ def _manifest(
         stop_strings=tuple(stops),
         notes=(entry.description if entry else f"built from {config.get('_name_or_path') or origin}") + exact,
         pipeline=PIPELINE,
+        embeddings=EMBEDDING_FILES if (model_dir / EMBEDDING_FILES[0]).is_file() else (),
     )
 
 

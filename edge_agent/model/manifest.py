@@ -11,6 +11,8 @@ from ..errors import InferenceError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+# where a build puts a token table it takes out of the graph (engine/onnx.py memory-maps them)
+EMBEDDING_FILES = ("embeddings.q8.npy", "embeddings.scales.npy")
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1}
 
 
@@ -52,6 +54,9 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256, every file except this one
     notes: str = ""
     format_version: int = FORMAT_VERSION
+    # the token table outside the graph (int8 q [vocab, hidden], float16 scales per 32): the graph then takes
+    # inputs_embeds; empty when the graph embeds input_ids itself
+    embeddings: tuple[str, ...] = ()
     pipeline: int = 1  # which version of `model build` made it (build.PIPELINE): older builds are redone
 
     @property
@@ -62,6 +67,7 @@ class Manifest:
         data = asdict(self)
         data["eos_token_ids"] = list(self.eos_token_ids)
         data["stop_strings"] = list(self.stop_strings)
+        data["embeddings"] = list(self.embeddings)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -72,6 +78,7 @@ class Manifest:
         data["kv"] = KvGeometry(**data["kv"])
         data["eos_token_ids"] = tuple(data["eos_token_ids"])
         data["stop_strings"] = tuple(data.get("stop_strings", ()))
+        data["embeddings"] = tuple(data.get("embeddings", ()))
         return cls(**data)
 
 

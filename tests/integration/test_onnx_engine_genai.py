@@ -1,7 +1,9 @@
 """Our plain onnxruntime loop against onnxruntime-genai on the same files: greedy tokens must match one for one.
 
 onnxruntime-genai is optional (the `export` extra): skipped where it is not installed. Measured no faster than
-our loop on these models (docs/performance.md), so the board needs only onnxruntime.
+our loop on these models (docs/performance.md), so the board needs only onnxruntime. The default model's graph
+takes `inputs_embeds` (our engine memory-maps its token table, docs/models.md), which onnxruntime-genai cannot
+feed: its build ships no genai_config.json, and the comparison runs on the tiny model.
 """
 
 from pathlib import Path
@@ -41,8 +43,3 @@ def _compare(model_dir: Path, max_new_tokens: int) -> None:
 
 def test_tiny_model_greedy_matches_genai(tiny_model_dir: Path):
     _compare(tiny_model_dir, 40)
-
-
-@pytest.mark.slow
-def test_default_model_greedy_matches_genai(default_model_dir: Path):
-    _compare(default_model_dir, 64)
