@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from ..config import EngineSection
+from typing import TYPE_CHECKING
+
 from .base import ChatMessage, Engine, Generation, GenerationRequest
+
+if TYPE_CHECKING:  # the engine itself does not need pydantic (engine-only processes stay smaller)
+    from ..config import EngineSection
 
 __all__ = ["ChatMessage", "Engine", "Generation", "GenerationRequest", "create_engine"]
 
@@ -25,4 +29,4 @@ def create_engine(section: EngineSection) -> Engine:
     from .onnx import OnnxEngine
 
     return OnnxEngine(resolve_model_dir(section.model), threads=section.threads, seed=section.seed,
-                      max_batch=section.max_batch)
+                      max_batch=section.max_batch, huge_pages=section.huge_pages)

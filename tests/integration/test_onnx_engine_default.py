@@ -1,5 +1,8 @@
 """The real default model (SmolLM2-135M-Instruct int4), when built: `edge-moa model build smollm2-135m-instruct`."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,38 @@ def test_matches_llama_cpp_tokenization(engine: OnnxEngine, default_model_dir: P
         "Ünïcödé, emoji 🙂 and code: def f(x): return x**2",
     ):
         assert engine.encode(text) == llama.tokenize(text.encode(), add_bos=False, special=True), text
+
+
+
+_LOAD_AND_ANSWER = """
+import json, sys
+from pathlib import Path
+from edge_agent.engine.base import ChatMessage
+from edge_agent.engine.onnx import OnnxEngine
+engine = OnnxEngine(sys.argv[1], threads=1, huge_pages=sys.argv[2] == "1")
+rollup = Path("/proc/self/smaps_rollup").read_text().splitlines()
+huge_kb = int(next(x for x in rollup if x.startswith("AnonHuge")).split()[1])
+prompt = (ChatMessage("user", "What is the capital of France? Answer in one short sentence."),)
+ids = engine.generate_ids(engine.encode(engine.render_prompt(prompt)), max_new_tokens=24)
+print(json.dumps({"huge_kb": huge_kb, "ids": ids}))
+"""
+
+
+def _load_and_answer(model_dir: Path, huge_pages: bool) -> dict:
+    """In a fresh process: what one engine's own loading put on huge pages, and its greedy answer."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_ANSWER, str(model_dir), "1" if huge_pages else "0"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(
+    not Path("/sys/kernel/mm/transparent_hugepage/enabled").is_file()
+    or "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text(),
+    reason="no transparent huge pages on this kernel",
+)
+def test_weights_move_to_huge_pages_and_answers_stay_the_same(default_model_dir: Path):
+    small, huge = (_load_and_answer(default_model_dir, flag) for flag in (False, True))
+    assert huge["huge_kb"] - small["huge_kb"] >= 50 * 1024  # most of the ~100 MB of prepacked weights
+    assert huge["ids"] == small["ids"] and len(huge["ids"]) > 3

@@ -1,14 +1,15 @@
 """Engine benchmark: prefill ms, decode tok/s, peak RSS and quality (KL) of our engine vs llama.cpp.
 
-    python tools/bench/engine.py [--model smollm2-135m-instruct] [--threads 1 2] [--runs 3]
+    python tools/bench/engine.py [--model smollm2-135m-instruct] [--threads 1 2] [--runs 3] [--rounds 3]
                                  [--gguf PATH] [--reference smollm2-135m-instruct-fp32]
 
 Every measurement runs in its own subprocess (peak RSS is then that engine's alone). Prompt: a fixed chat prompt
-(about 53 tokens); 128 greedy new tokens, EOS ignored; median of `--runs` warm runs. KL: mean over the positions
-of a fixed text of KL(reference || engine) of the next-token distribution, the reference being the fp32 export of
-the same weights (`edge-moa model build smollm2-135m-instruct --precision fp32 --name smollm2-135m-instruct-fp32`).
-The last line printed is one JSON object (ratios are ours / llama.cpp's, the lower over the thread counts run;
-prefill as a speed, so higher is better).
+(about 53 tokens); 128 greedy new tokens, EOS ignored; median of `--runs` warm runs per process, `--rounds`
+processes per engine and thread count, ours and llama.cpp's alternated; the median over the rounds. KL: mean over
+the positions of a fixed text of KL(reference || engine) of the next-token distribution, the reference being the
+fp32 export of the same weights (`edge-moa model build smollm2-135m-instruct --precision fp32 --name
+smollm2-135m-instruct-fp32`). The last line printed is one JSON object (ratios are ours / llama.cpp's, the lower
+over the thread counts run; prefill as a speed, so higher is better).
 """
 
 from __future__ import annotations
@@ -139,6 +140,16 @@ def quality(model_dir: Path, reference_dir: Path, gguf: Path | None) -> dict:
     return result
 
 
+def _median_round(rounds: list[dict]) -> dict:
+    """Per figure, the median over rounds (peak RSS: the largest)."""
+    return {
+        "prompt_tokens": rounds[0]["prompt_tokens"],
+        "prefill_ms": statistics.median(r["prefill_ms"] for r in rounds),
+        "decode_tok_s": statistics.median(r["decode_tok_s"] for r in rounds),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds),
+    }
+
+
 def _run_worker(*args: str) -> dict:
     output = subprocess.run(
         [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=False
@@ -154,7 +165,8 @@ def main() -> None:
     )
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per worker process")
+    parser.add_argument("--rounds", type=int, default=3, help="worker processes per engine, alternated")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument(
         "--gguf", type=Path, help="source GGUF for llama.cpp (default: kept beside the build)"
@@ -189,13 +201,24 @@ def main() -> None:
         have_llamacpp = False
     rows, ratios_decode, ratios_prefill, rss = [], [], [], []
     for threads in args.threads:
-        ours = _run_worker("ours", str(model_dir), str(threads), str(args.runs), str(args.new_tokens))
+        # the machine's speed drifts by 10-20 % over seconds: alternate the two engines and keep each one's
+        # median over the rounds, so both see the same conditions
+        ours_rounds, theirs_rounds = [], []
+        for _ in range(args.rounds):
+            ours_rounds.append(
+                _run_worker("ours", str(model_dir), str(threads), str(args.runs), str(args.new_tokens))
+            )
+            if have_llamacpp:
+                theirs_rounds.append(
+                    _run_worker(
+                        "llamacpp", str(gguf), str(model_dir), str(threads), str(args.runs), str(args.new_tokens)
+                    )
+                )
+        ours = _median_round(ours_rounds)
         rows.append(("ours (onnxruntime)", threads, ours))
         rss.append(ours["peak_rss_mb"])
         if have_llamacpp:
-            theirs = _run_worker(
-                "llamacpp", str(gguf), str(model_dir), str(threads), str(args.runs), str(args.new_tokens)
-            )
+            theirs = _median_round(theirs_rounds)
             rows.append(("llama.cpp (GGUF)", threads, theirs))
             ratios_decode.append(ours["decode_tok_s"] / theirs["decode_tok_s"])
             ratios_prefill.append(theirs["prefill_ms"] / ours["prefill_ms"])
@@ -204,6 +227,7 @@ def main() -> None:
         "model": model_dir.name,
         "threads": args.threads,
         "runs": args.runs,
+        "rounds": args.rounds,
         "new_tokens": args.new_tokens,
         "load_average_1min": round(load_before, 2),
         "peak_rss_mb": round(max(rss), 1),
@@ -228,6 +252,7 @@ def main() -> None:
         )
     if ratios_decode:
         summary["decode_ratio_vs_llamacpp"] = round(min(ratios_decode), 3)
+        summary["decode_ratio_by_threads"] = {t: round(r, 3) for t, r in zip(args.threads, ratios_decode)}
         summary["prefill_ratio_vs_llamacpp"] = round(min(ratios_prefill), 3)
     for key in ("kl_ours", "kl_llamacpp"):
         if key in summary:
