@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 import statistics
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -366,7 +366,7 @@ class Agent:
             outcomes = future.result()
         except asyncio.CancelledError:
             return
-        except Exception as exc:  # the engine must not take the agent down; the origins hear of it
+        except Exception as exc:  # noqa: BLE001  # the engine must not take the agent down; the origins hear of it
             outcomes = exc
         if len(batch) == 1 or isinstance(outcomes, Exception):
             outcomes = [outcomes] * len(batch)

@@ -85,7 +85,7 @@ def _register_features(sub) -> None:
     for name in ("edge_agent.model.commands", "edge_agent.stability.commands", "edge_agent.provision.commands"):
         try:
             importlib.import_module(name).register(sub)
-        except Exception as exc:  # a broken optional command must not stop the agent daemon itself
+        except Exception as exc:  # noqa: BLE001  # a broken optional command must not stop the agent daemon
             print(f"warning: commands of {name} unavailable: {exc}", file=sys.stderr)
 
 

@@ -33,7 +33,7 @@ class MoaClient:
     def close(self) -> None:
         self._transport.close()
 
-    def __enter__(self) -> MoaClient:
+    def __enter__(self) -> MoaClient:  # noqa: PYI034  # py3.10: no typing.Self
         return self.connect()
 
     def __exit__(self, *exc) -> None:

@@ -90,7 +90,7 @@ class LocalMesh:
 
     def start_agent(self, device: str) -> None:
         path = self.config_path(device) if self.config_path(device).exists() else self.write_config(device)
-        log_file = open(self.workdir / device / "agent.log", "ab")
+        log_file = open(self.workdir / device / "agent.log", "ab")  # noqa: SIM115  # the child's stdout
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._procs[device] = subprocess.Popen(
             [sys.executable, "-m", "edge_agent", self._log_level, "agent", "--config", str(path)],
@@ -119,7 +119,7 @@ class LocalMesh:
         if self._own_broker:
             self.broker.stop()
 
-    def __enter__(self) -> LocalMesh:
+    def __enter__(self) -> LocalMesh:  # noqa: PYI034  # py3.10: no typing.Self
         try:
             return self.start()
         except BaseException:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Union
 
 from .peers import choose_peers
 from .protocol import ErrorBody, LayerTrace, TaskMessage, TraceEntry, UserRequest, WireChatMessage, new_id
@@ -68,7 +67,7 @@ class Finish:
     error: ErrorBody | None = None
 
 
-Action = Union[SendTask, RunLocal, LayerDone, Finish]
+Action = SendTask | RunLocal | LayerDone | Finish
 
 
 # ---------------------------------------------------------------- state

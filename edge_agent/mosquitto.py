@@ -65,7 +65,7 @@ class BrokerProcess:
         raise NotImplementedError
 
     def start(self, timeout_s: float = 10.0) -> BrokerProcess:
-        self._log_file = open(self.log_path, "wb")
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115  # closed in stop()
         self._proc = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT)
         try:
             wait_for_port(self.host, self.port, timeout_s)
@@ -93,7 +93,7 @@ class BrokerProcess:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def __enter__(self) -> BrokerProcess:
+    def __enter__(self) -> BrokerProcess:  # noqa: PYI034  # py3.10: no typing.Self
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def edge_moa(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "edge_agent", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="module")

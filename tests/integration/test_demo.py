@@ -15,7 +15,7 @@ def test_demo_prints_answers_with_their_proposers(tiny_model_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "edge_agent", "demo", "--agents", "3", "--model", str(tiny_model_dir),
          "--max-new-tokens", "8", "--workdir", str(tmp_path), "Hello?", "Why?"],
-        capture_output=True, text=True, timeout=180)
+        capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "broker:  Mosquitto on 127.0.0.1:" in out
@@ -38,7 +38,7 @@ def test_demo_serve_keeps_the_mesh_up_for_other_clients(tiny_model_dir, tmp_path
         assert address, "demo --serve never said where its broker is"
         asked = subprocess.run([sys.executable, "-m", "edge_agent", "ask", "--broker", address, "--device", "agent2",
                                 "--json", "-M", "1", "-k", "1", "Are you there?"],
-                               capture_output=True, text=True, timeout=60)
+                               capture_output=True, text=True, timeout=60, check=False)
         answer = json.loads(asked.stdout)
         assert answer["device"] == "agent2" and answer["inferences"] == 3
     finally:

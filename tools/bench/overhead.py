@@ -24,7 +24,7 @@ def critical_path_s(answer: dict) -> float:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def measure(mesh: LocalMesh, prompts: int, layers: int, proposers: int, max_new_tokens: int) -> dict:
