@@ -97,7 +97,9 @@ class OnnxEngine:
         self._present_names = [
             (f"present.{i}.key", f"present.{i}.value") for i in range(self.manifest.kv.num_layers)
         ]
-        self._embeddings = _MappedEmbeddings(self.model_dir, self.manifest.embeddings) if self.manifest.embeddings else None
+        self._embeddings = (
+            _MappedEmbeddings(self.model_dir, self.manifest.embeddings) if self.manifest.embeddings else None
+        )
         self._tokens_name = "inputs_embeds" if self._embeddings else "input_ids"
         missing = [n for pair in self._past_names for n in pair if n not in names]
         if missing or self._tokens_name not in names:
