@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..errors import EdgeMoaError
+from ..errors import ConfigError, EdgeMoaError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         path = resolve_model_dir(args.model)
         problems = verify_model(path, load=not args.no_load)
+    except ConfigError as exc:  # said as for agent.toml's engine.model: here it is the argument itself
+        print(f"model verify failed: {args.model}: {exc.problems[0][2]}", file=sys.stderr)
+        return 1
     except EdgeMoaError as exc:
         print(f"model verify failed: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ BPE trained in-process, the chat template is ChatML with <|im_end|> as EOS, as S
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,20 @@ from .manifest import KvGeometry, Manifest, write_manifest
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2 as in SmolLM2
 EOS_TOKEN = "<|im_end|>"
 EOS_ID = 2
+
+@dataclass(frozen=True)
+class _Shape:
+    """The tiny model's geometry: what the graph and genai_config.json are both written from."""
+
+    vocab: int
+    hidden: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate: int
+    context_length: int
+
 
 _CORPUS = [
     SYNTHESIS_SYSTEM_PROMPT,
@@ -53,32 +68,21 @@ def build_tiny_model(
     tokenizer = _train_tokenizer(vocab_size)
     tokenizer.save(str(out / "tokenizer.json"))
     vocab = tokenizer.get_vocab_size()
-    head_dim = hidden // num_heads
-    model = _build_graph(
-        rng=np.random.default_rng(seed),
+    shape = _Shape(
         vocab=vocab,
         hidden=hidden,
         num_layers=num_layers,
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
+        head_dim=hidden // num_heads,
         intermediate=intermediate,
-        max_len=context_length,
-        eos_logit_bias=eos_logit_bias,
+        context_length=context_length,
     )
+    model = _build_graph(np.random.default_rng(seed), shape, eos_logit_bias=eos_logit_bias)
     import onnx
 
     onnx.save(model, str(out / "model.onnx"))
-    _write_genai_config(
-        out,
-        vocab=vocab,
-        hidden=hidden,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        context_length=context_length,
-    )
+    _write_genai_config(out, shape)
     write_manifest(
         out,
         Manifest(
@@ -87,7 +91,7 @@ def build_tiny_model(
             precision="random",
             context_length=context_length,
             kv=KvGeometry(
-                num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim, dtype="float32"
+                num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=shape.head_dim, dtype="float32"
             ),
             licence="Apache-2.0",
             template_kind="chat",
@@ -101,11 +105,12 @@ def build_tiny_model(
     return out
 
 
-def _write_genai_config(
-    out: Path, *, vocab, hidden, num_layers, num_heads, num_kv_heads, head_dim, context_length
-):
+def _write_genai_config(out: Path, shape: _Shape):
     """The same genai_config.json the genai builder writes, so onnxruntime-genai can run the tiny model too."""
     import json
+
+    vocab, hidden, num_layers, num_heads = shape.vocab, shape.hidden, shape.num_layers, shape.num_heads
+    num_kv_heads, head_dim, context_length = shape.num_kv_heads, shape.head_dim, shape.context_length
 
     decoder = {
         "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
@@ -178,20 +183,12 @@ def _train_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def _build_graph(
-    *,
-    rng,
-    vocab,
-    hidden,
-    num_layers,
-    num_heads,
-    num_kv_heads,
-    head_dim,
-    intermediate,
-    max_len,
-    eos_logit_bias,
-):
+def _build_graph(rng, shape: _Shape, *, eos_logit_bias: float):
     from onnx import TensorProto, helper, numpy_helper
+
+    vocab, hidden, num_layers, num_heads = shape.vocab, shape.hidden, shape.num_layers, shape.num_heads
+    num_kv_heads, head_dim, intermediate = shape.num_kv_heads, shape.head_dim, shape.intermediate
+    max_len = shape.context_length
 
     nodes, inits = [], []
 
@@ -241,17 +238,15 @@ def _build_graph(
     weight("cos_cache", value=np.cos(freqs))
     weight("sin_cache", value=np.sin(freqs))
 
+    def rms_norm(x: str, weight_name: str, out: str) -> str:
+        norm = [x, weight(weight_name, value=np.ones(hidden))]
+        return node("SimplifiedLayerNormalization", norm, [out], axis=-1, epsilon=1e-5)[0]
+
     node("Gather", [weight("embed_tokens", vocab, hidden, scale=1.0), "input_ids"], ["h0"])
     x = "h0"
     for i in range(num_layers):
         p = f"layers.{i}"
-        (n1,) = node(
-            "SimplifiedLayerNormalization",
-            [x, weight(f"{p}.ln1", value=np.ones(hidden))],
-            [f"{p}.n1"],
-            axis=-1,
-            epsilon=1e-5,
-        )
+        n1 = rms_norm(x, f"{p}.ln1", f"{p}.n1")
         q = node("MatMul", [n1, weight(f"{p}.q", hidden, num_heads * head_dim)], [f"{p}.q_out"])[0]
         k = node("MatMul", [n1, weight(f"{p}.k", hidden, num_kv_heads * head_dim)], [f"{p}.k_out"])[0]
         v = node(
@@ -282,13 +277,7 @@ def _build_graph(
             "MatMul", [f"{p}.attn", weight(f"{p}.o", num_heads * head_dim, hidden, scale=0.5)], [f"{p}.o_out"]
         )
         (x,) = node("Add", [x, o], [f"{p}.r1"])
-        (n2,) = node(
-            "SimplifiedLayerNormalization",
-            [x, weight(f"{p}.ln2", value=np.ones(hidden))],
-            [f"{p}.n2"],
-            axis=-1,
-            epsilon=1e-5,
-        )
+        n2 = rms_norm(x, f"{p}.ln2", f"{p}.n2")
         (gate,) = node("MatMul", [n2, weight(f"{p}.gate", hidden, intermediate)], [f"{p}.gate_out"])
         (up,) = node("MatMul", [n2, weight(f"{p}.up", hidden, intermediate)], [f"{p}.up_out"])
         (sig,) = node("Sigmoid", [gate], [f"{p}.sig"])
@@ -298,13 +287,7 @@ def _build_graph(
             "MatMul", [prod, weight(f"{p}.down", intermediate, hidden, scale=0.5)], [f"{p}.down_out"]
         )
         (x,) = node("Add", [x, down], [f"{p}.r2"])
-    (final,) = node(
-        "SimplifiedLayerNormalization",
-        [x, weight("norm", value=np.ones(hidden))],
-        ["final_norm"],
-        axis=-1,
-        epsilon=1e-5,
-    )
+    final = rms_norm(x, "norm", "final_norm")
     bias = np.zeros(vocab)
     bias[EOS_ID] = eos_logit_bias
     (raw,) = node("MatMul", [final, weight("lm_head", hidden, vocab, scale=1.0)], ["logits_raw"])

@@ -68,3 +68,10 @@ def test_status_once_json_lists_every_agent(mesh):
         assert status["memory_available_bytes"] > 0 and "queue_length" in status
     text = edge_moa("status", "--broker", mesh.broker.address, "--topic-root", mesh.topic_root, "--once")
     assert "agent2" in text.stdout and "yes" in text.stdout
+
+
+def test_model_verify_says_what_is_wrong_with_its_argument(tmp_path, tiny_model_dir):
+    missing = edge_moa("model", "verify", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1
+    assert "nowhere: not a built model directory" in missing.stderr and "engine.model" not in missing.stderr
+    assert edge_moa("model", "verify", str(tiny_model_dir)).stdout.strip().endswith(": ok")
