@@ -12,7 +12,6 @@ one decode step per token serves every row, each row's length carried by its own
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import threading
@@ -28,6 +27,8 @@ from ..errors import InferenceError, TooLargeError
 from ..model.chat_template import ChatTemplate
 from ..model.manifest import Manifest, read_manifest
 from .base import ChatMessage, Generation, GenerationRequest
+from .block_offsets import patch_block_minimums
+from .process_memory import release_file_pages, return_freed_heap, weights_on_huge_pages
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class OnnxEngine:
         huge_pages: bool = True,
     ):
         """`share_kv_buffer=None` follows the manifest; False forces the copying loop (for comparisons).
-        `huge_pages`: back the loaded weights with transparent huge pages (Linux; see `_weights_on_huge_pages`).
+        `huge_pages`: back the loaded weights with transparent huge pages (Linux; see process_memory.weights_on_huge_pages).
 
         `max_batch`: the most requests `generate_batch` decodes together (1 disables batching). Graphs without the
         shared KV buffer always run one request at a time (their max_batch is 1).
@@ -82,13 +83,19 @@ class OnnxEngine:
         # the session first: its loading transient (weights read, then prepacked) peaks before the tokenizer
         # adds its own; what both freed goes back to the system (peak RSS, issue 3)
         self._session = _create_session(self.model_dir / self.manifest.graph, threads)
+        self._embeddings = (
+            _MappedEmbeddings(self.model_dir, self.manifest.embeddings) if self.manifest.embeddings else None
+        )
+        release_file_pages(self.model_dir)
+        if self.manifest.block_offsets:  # before anything runs: the graph alone has only approximate offsets
+            patch_block_minimums(self.model_dir / self.manifest.block_offsets)
         try:
             self._tokenizer = Tokenizer.from_file(str(self.model_dir / self.manifest.tokenizer))
         except Exception as exc:  # tokenizers raises plain Exception subclasses
             raise InferenceError(f"cannot load the tokenizer of {self.model_dir}: {exc}") from exc
-        _return_freed_heap()
+        return_freed_heap()
         if huge_pages:
-            _weights_on_huge_pages()
+            weights_on_huge_pages()
         names = {i.name: i for i in self._session.get_inputs()}
         self._past_names = [
             (f"past_key_values.{i}.key", f"past_key_values.{i}.value")
@@ -97,9 +104,6 @@ class OnnxEngine:
         self._present_names = [
             (f"present.{i}.key", f"present.{i}.value") for i in range(self.manifest.kv.num_layers)
         ]
-        self._embeddings = (
-            _MappedEmbeddings(self.model_dir, self.manifest.embeddings) if self.manifest.embeddings else None
-        )
         self._tokens_name = "inputs_embeds" if self._embeddings else "input_ids"
         missing = [n for pair in self._past_names for n in pair if n not in names]
         if missing or self._tokens_name not in names:
@@ -531,48 +535,6 @@ def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.ra
         kept = probs[keep] / probs[keep].sum()
         return int(keep[rng.choice(len(keep), p=kept)])
     return int(rng.choice(len(probs), p=probs))
-
-
-def _return_freed_heap() -> None:
-    """glibc keeps the heap freed while loading (about 10-25 MB here) in the process: hand it back."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-        pass
-
-
-_HUGE_PAGE = 2 << 20
-_MADV_HUGEPAGE, _MADV_COLLAPSE = 14, 25  # Linux; MADV_COLLAPSE since 6.1
-
-
-def _weights_on_huge_pages(min_bytes: int = 2 * _HUGE_PAGE) -> int:
-    """Move the process's large anonymous memory (onnxruntime's prepacked weights) onto transparent huge pages.
-
-    Decode reads about 100 MB of weights per token; on 4 KB pages the TLB misses cost SmolLM2 20-30 % of its
-    decode speed at 1 thread (90 -> 117 tok/s measured, docs/performance.md), and most kernels only give huge
-    pages to memory that asks (THP "madvise"). Costs about 0.3 s once and 10 MB of RSS. Returns the bytes
-    advised; 0 where the kernel or libc cannot (then nothing changes).
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-        maps = Path("/proc/self/maps").read_text().splitlines()
-    except (OSError, AttributeError):
-        return 0
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    advised = 0
-    for line in maps:
-        fields = line.split()
-        if fields[1] != "rw-p" or (len(fields) > 5 and fields[5] != "[heap]"):
-            continue  # only private anonymous memory: no files, stacks or shared maps
-        low, high = (int(address, 16) for address in fields[0].split("-"))
-        start, end = -(-low // _HUGE_PAGE) * _HUGE_PAGE, high // _HUGE_PAGE * _HUGE_PAGE
-        if end - start < min_bytes:
-            continue
-        if madvise(start, end - start, _MADV_HUGEPAGE) == 0:
-            madvise(start, end - start, _MADV_COLLAPSE)  # now, not whenever khugepaged gets there
-            advised += end - start
-    return advised
 
 
 def _create_session(path: Path, threads: int) -> ort.InferenceSession:

@@ -17,7 +17,15 @@ from pathlib import Path
 from ..errors import InferenceError
 from .catalogue import CatalogueEntry, load_catalogue
 from .chat_template import CHATML_TEMPLATE, COMPLETION_TEMPLATE
-from .manifest import EMBEDDING_FILES, KvGeometry, Manifest, read_manifest, sha256_file, write_manifest
+from .manifest import (
+    BLOCK_OFFSETS_FILE,
+    EMBEDDING_FILES,
+    KvGeometry,
+    Manifest,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from .store import model_dir_for
 
 log = logging.getLogger(__name__)
@@ -25,7 +33,8 @@ log = logging.getLogger(__name__)
 # Bumped whenever a build's files change for the same source: a cached model from an older pipeline is rebuilt.
 # 2: GGUF block constants as offset digits inside MatMulNBits, BPE merges as strings, 8-bit head in 128-blocks,
 #    the Q8_0 token table outside the graph.
-PIPELINE = 2
+# 3: Q4_1 block constants as integer zero points + exact minimums the engine writes into onnxruntime's buffers.
+PIPELINE = 3
 
 # Kept beside the graph: what the engine needs, plus genai_config.json so onnxruntime-genai can run it too
 # (dropped when the token table leaves the graph).
@@ -38,6 +47,7 @@ _KEEP = (
     "chat_template.jinja",
     "config.json",
     *EMBEDDING_FILES,
+    BLOCK_OFFSETS_FILE,
 )
 
 
@@ -74,9 +84,12 @@ def build_model(
     name: str | None = None,
     force: bool = False,
     exact: bool = True,
+    portable: bool = False,
 ) -> Path:
     """Build and return the model directory. `exact=False` keeps the builder's own re-quantization of a GGUF
-    (faster decode, much larger KL: docs/performance.md) instead of copying the GGUF's weights bit for bit."""
+    (faster decode, much larger KL: docs/performance.md) instead of copying the GGUF's weights bit for bit.
+    `portable`: a graph that is exact by itself on any onnxruntime (gguf_exact.py), not one whose exact block
+    minimums the engine writes into this machine's onnxruntime buffers."""
     source = resolve_source(spec, name=name)
     entry = source.entry
     precision = precision or (entry.precision if entry else "int4")
@@ -127,15 +140,7 @@ def build_model(
 
     exact_note = ""
     if exact and gguf is not None and precision == "int4":
-        from .gguf_exact import apply_exact_weights
-
-        decoder = json.loads((exported / "genai_config.json").read_text())["model"]["decoder"]
-        count = apply_exact_weights(
-            exported,
-            gguf,
-            num_heads=decoder["num_attention_heads"],
-            num_kv_heads=decoder["num_key_value_heads"],
-        )
+        count = _exact_weights(exported, gguf, work / "onnx-builder", portable=portable)
         exact_note = f"; {count} MatMul weights bit-exact from the GGUF" if count else ""
         log.info("copied the GGUF's own 4/8-bit weights into %d MatMulNBits nodes", count)
 
@@ -151,10 +156,47 @@ def build_model(
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
-    for scratch in ("checkpoint", "onnx", "builder-cache"):  # the fp32 checkpoint alone is ~0.5 GB
+    for scratch in ("checkpoint", "onnx", "onnx-builder", "builder-cache"):  # the fp32 checkpoint alone is ~0.5 GB
         shutil.rmtree(work / scratch, ignore_errors=True)
     log.info("built %s (%s) in %s in %.0f s", source.name, precision, out, time.perf_counter() - started)
     return out
+
+
+def _exact_weights(exported: Path, gguf: Path, spare: Path, *, portable: bool) -> int:
+    """The GGUF's weights into the builder's graph: the fast form when this machine's onnxruntime takes its
+    exact block minimums (tried here, as the engine will), the portable form otherwise."""
+    from .gguf_exact import apply_exact_weights
+
+    decoder = json.loads((exported / "genai_config.json").read_text())["model"]["decoder"]
+    heads = {"num_heads": decoder["num_attention_heads"], "num_kv_heads": decoder["num_key_value_heads"]}
+    if portable:
+        return apply_exact_weights(exported, gguf, portable=True, **heads)
+    shutil.rmtree(spare, ignore_errors=True)
+    shutil.copytree(exported, spare)
+    count = apply_exact_weights(exported, gguf, **heads)
+    if not (exported / BLOCK_OFFSETS_FILE).is_file():
+        return count
+    try:
+        _try_block_offsets(exported)
+    except InferenceError as exc:
+        log.warning("%s: building the portable form instead", exc)
+        shutil.rmtree(exported)
+        spare.rename(exported)
+        return apply_exact_weights(exported, gguf, portable=True, **heads)
+    return count
+
+
+def _try_block_offsets(model_dir: Path) -> None:
+    """Load the graph and write its block minimums, as the engine does; InferenceError where that fails."""
+    import onnxruntime as ort
+
+    from ..engine.block_offsets import patch_block_minimums
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    patch_block_minimums(model_dir / BLOCK_OFFSETS_FILE)
+    del session
 
 
 def _finish_tokenizer(model_dir: Path, entry: CatalogueEntry | None, gguf: Path | None) -> tuple[int, ...]:
@@ -232,6 +274,7 @@ def _manifest(
         notes=(entry.description if entry else f"built from {config.get('_name_or_path') or origin}") + exact,
         pipeline=PIPELINE,
         embeddings=EMBEDDING_FILES if (model_dir / EMBEDDING_FILES[0]).is_file() else (),
+        block_offsets=BLOCK_OFFSETS_FILE if (model_dir / BLOCK_OFFSETS_FILE).is_file() else "",
     )
 
 

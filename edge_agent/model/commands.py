@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="let the builder re-quantize a GGUF's weights instead of copying them exactly "
         "(faster decode, lower quality)",
     )
+    build.add_argument(
+        "--portable",
+        action="store_true",
+        help="exact on any onnxruntime and CPU (a model to copy to other boards); default: exact and faster "
+        "on machines whose onnxruntime lays out its 4-bit weights like this one's (checked at build time)",
+    )
     build.set_defaults(func=_build)
 
     listing = commands.add_parser("list", help="catalogue models and whether they are built")
@@ -56,6 +62,7 @@ def _build(args: argparse.Namespace) -> int:
             name=args.name,
             force=args.force,
             exact=not args.requantize,
+            portable=args.portable,
         )
     except EdgeMoaError as exc:
         print(f"model build failed: {exc}", file=sys.stderr)

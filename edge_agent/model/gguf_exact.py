@@ -9,6 +9,10 @@ second). One MatMulNBits per weight and no fp32 side matrices: a separate offset
 token and cost 25-30 % of decode (issue 3); the digits cost KL +0.0008 against the fp32 reference.
 Q4_0 (`d*(q-8)`) needs no constants. Re-rounding the dequantized weights instead moved the next-token
 distribution by KL 0.31 (issue 3). Other GGUF types keep the builder's own quantization.
+
+That digit form is exact on any onnxruntime ("portable"). The default form is faster: integer zero points
+`z = round(-m/d)` in the graph and the exact minimums in `block_offsets.npz`, which the engine writes into the
+kernel's prepacked per-block constants after loading (engine/block_offsets.py): no extra K, no block-sum nodes.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import EMBEDDING_FILES
+from ..engine.block_offsets import write_block_offsets
+from .manifest import BLOCK_OFFSETS_FILE, EMBEDDING_FILES
 
 log = logging.getLogger(__name__)
 
 _BLOCK = 32
 _HEAD_BLOCK = 64
+_HEAD_PART_BYTES = 8 << 20  # output head rows per MatMulNBits (see _output_head)
 _DIGITS = 2  # 4-bit digits per block constant: one gives KL 0.10, two 0.0057 (0.0049 with fp32 offsets)
 # builder initializer prefix -> GGUF tensor names (concatenated along the output dimension)
 _LAYER_MAP = {
@@ -66,14 +72,27 @@ def pack_for_matmul_nbits(q: np.ndarray) -> np.ndarray:
     return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
 
 
+def pack_zero_points(z: np.ndarray) -> np.ndarray:
+    """4-bit zero points [N, blocks] -> MatMulNBits' layout: two blocks per byte (low nibble first), rows padded
+    to whole bytes, flattened."""
+    rows, blocks = z.shape
+    padded = np.zeros((rows, -(-blocks // 2) * 2), np.uint8)
+    padded[:, :blocks] = z
+    return (padded[:, 0::2] | (padded[:, 1::2] << 4)).reshape(-1).astype(np.uint8)
+
+
 def reverse_permute(rows: np.ndarray, n_head: int) -> np.ndarray:
     """Undo llama.cpp's Q/K row permutation (convert_hf_to_gguf), as transformers' GGUF loader does."""
     dim = rows.shape[0] // n_head // 2
     return rows.reshape(n_head, dim, 2, *rows.shape[1:]).swapaxes(2, 1).reshape(rows.shape)
 
 
-def apply_exact_weights(model_dir: Path, gguf: Path, *, num_heads: int, num_kv_heads: int) -> int:
-    """Rewrite model.onnx (+ .data) in place; returns how many MatMulNBits nodes now carry the GGUF's weights."""
+def apply_exact_weights(
+    model_dir: Path, gguf: Path, *, num_heads: int, num_kv_heads: int, portable: bool = False
+) -> int:
+    """Rewrite model.onnx (+ .data) in place; returns how many MatMulNBits nodes now carry the GGUF's weights.
+    `portable`: block constants as digit columns (exact on any onnxruntime) instead of zero points plus
+    `block_offsets.npz` for the engine to write into the kernel's buffers."""
     import onnx
     from gguf import GGUFReader
     from onnx import helper, numpy_helper
@@ -83,7 +102,7 @@ def apply_exact_weights(model_dir: Path, gguf: Path, *, num_heads: int, num_kv_h
     model = onnx.load(str(model_dir / "model.onnx"))
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
-    new_nodes, replaced, augmented = [], 0, {}
+    new_nodes, replaced, augmented, offsets = [], 0, {}, []
     for node in graph.node:
         new_nodes.append(node)
         if node.op_type != "MatMulNBits" or not (match := _NAME.match(node.input[1])):
@@ -117,7 +136,13 @@ def apply_exact_weights(model_dir: Path, gguf: Path, *, num_heads: int, num_kv_h
             continue
         packed, scales = pack_for_matmul_nbits(q), d
         correction = m + 8.0 * d  # what the symmetric kernel's implicit zero point 8 leaves out
-        if np.any(correction != 0):
+        zero_points = None
+        if np.any(correction != 0) and not portable:
+            z = np.clip(np.rint(-m / np.where(d == 0, 1, d)), 0, 15).astype(np.uint8)
+            zero_points = pack_zero_points(z)
+            if np.any(m + d * z != 0):
+                offsets.append((d.astype(np.float16), z, m.astype(np.float16)))
+        elif np.any(correction != 0):
             x = node.input[0]
             if x not in augmented:  # the block-sum nodes go before the first node that reads them
                 augmented[x], nodes = _block_sums_appended(graph, inits, x, k_in)
@@ -133,6 +158,10 @@ def apply_exact_weights(model_dir: Path, gguf: Path, *, num_heads: int, num_kv_h
         inits[b_name].CopyFrom(numpy_helper.from_array(packed, b_name))
         inits[s_name].CopyFrom(numpy_helper.from_array(scales.reshape(-1), s_name))
         del node.input[3:]  # no zero points: the symmetric kernel's implicit 8
+        if zero_points is not None:
+            zp_name = b_name.replace("weight_Q4", "weight_zero_points")
+            graph.initializer.append(numpy_helper.from_array(zero_points, zp_name))
+            node.input.append(zp_name)
         replaced += 1
     stale_shapes = [v for v in graph.value_info if v.name.startswith("/model/embed_tokens/")]
     for value in stale_shapes:
@@ -145,6 +174,8 @@ def apply_exact_weights(model_dir: Path, gguf: Path, *, num_heads: int, num_kv_h
     if table is not None and table.tensor_type.name == "Q8_0":
         take_embeddings_out(graph, *_q8_0(table), model_dir)
     _drop_unused_initializers(graph)
+    if offsets:
+        write_block_offsets(model_dir / BLOCK_OFFSETS_FILE, offsets)
     (model_dir / "model.onnx.data").unlink(missing_ok=True)
     onnx.save_model(
         model,
@@ -205,10 +236,12 @@ def _q8_0(tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _output_head(graph, tensors: dict) -> int:
-    """Q8_0 output head -> 8-bit MatMulNBits in 128-weight blocks, re-rounded from the Q8_0 values.
+    """Q8_0 output head -> 8-bit MatMulNBits in 64-weight blocks, re-rounded from the Q8_0 values, split by
+    output rows into parts of at most 8 MB joined by a Concat.
 
     onnxruntime's 8-bit kernel runs a 64-block head 2.2x faster than a 32-block one (docs/performance.md); the
-    re-rounding is at 8-bit precision. A 4-bit head instead cost KL 0.11.
+    re-rounding is at 8-bit precision. A 4-bit head instead cost KL 0.11. The parts are prepacked one after the
+    other: loading then holds one part twice, not the whole head (peak RSS -8 MB for SmolLM2).
     """
     from onnx import helper, numpy_helper
 
@@ -231,17 +264,28 @@ def _output_head(graph, tensors: dict) -> int:
     scales[scales == 0] = 1.0
     # 8-bit MatMulNBits computes scale*(u - 128)
     u = (np.clip(np.rint(blocks / scales[..., None]), -127, 127) + 128).astype(np.uint8)
-    b_name, s_name = "lm_head.MatMul.weight_Q8", "lm_head.MatMul.weight_scales_Q8"
-    graph.initializer.extend(
-        [numpy_helper.from_array(u, b_name), numpy_helper.from_array(scales.reshape(-1), s_name)]
-    )
-    head.input[1], head.input[2] = b_name, s_name
-    del head.input[3:]
-    for attribute in head.attribute:
-        if attribute.name == "bits":
-            attribute.i = 8
-        elif attribute.name == "block_size":
-            attribute.i = _HEAD_BLOCK
+    rows = max(1, _HEAD_PART_BYTES // u[0].nbytes)
+    index = list(graph.node).index(head)
+    graph.node.remove(head)
+    parts = []
+    for start in range(0, n_out, rows):
+        end = min(n_out, start + rows)
+        b_name, s_name = f"lm_head.MatMul.weight_Q8.rows{start}", f"lm_head.MatMul.weight_scales_Q8.rows{start}"
+        graph.initializer.extend(
+            [numpy_helper.from_array(u[start:end], b_name), numpy_helper.from_array(scales[start:end].reshape(-1), s_name)]
+        )
+        part = helper.make_node(
+            "MatMulNBits",
+            [head.input[0], b_name, s_name],
+            [f"{head.output[0]}/rows{start}"],
+            name=f"{head.name}/rows{start}",
+            domain="com.microsoft",
+            **{**attrs, "N": end - start, "bits": 8, "block_size": _HEAD_BLOCK},
+        )
+        parts.append(part)
+    join = helper.make_node("Concat", [p.output[0] for p in parts], [head.output[0]], name=f"{head.name}/rows", axis=-1)
+    for offset, node in enumerate([*parts, join]):
+        graph.node.insert(index + offset, node)
     return 1
 
 

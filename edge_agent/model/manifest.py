@@ -13,6 +13,7 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 # where a build puts a token table it takes out of the graph (engine/onnx.py memory-maps them)
 EMBEDDING_FILES = ("embeddings.q8.npy", "embeddings.scales.npy")
+BLOCK_OFFSETS_FILE = "block_offsets.npz"  # engine/block_offsets.py
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1}
 
 
@@ -57,6 +58,9 @@ class Manifest:
     # the token table outside the graph (int8 q [vocab, hidden], float16 scales per 32): the graph then takes
     # inputs_embeds; empty when the graph embeds input_ids itself
     embeddings: tuple[str, ...] = ()
+    # exact Q4_1 block minimums that the engine writes into onnxruntime's prepacked weights after loading
+    # (engine/block_offsets.py); empty when the graph is exact by itself
+    block_offsets: str = ""
     pipeline: int = 1  # which version of `model build` made it (build.PIPELINE): older builds are redone
 
     @property

@@ -1,0 +1,94 @@
+"""Exact Q4_1 minimums written into onnxruntime's real prepacked MatMulNBits weights (engine/block_offsets.py),
+and file pages given back after loading (engine/process_memory.py)."""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_agent.engine.block_offsets import patch_block_minimums, write_block_offsets
+from edge_agent.engine.process_memory import release_file_pages
+from edge_agent.errors import InferenceError
+from edge_agent.model.gguf_exact import pack_for_matmul_nbits, pack_zero_points
+
+
+def _q4_1(rng: np.random.Generator, n: int, k: int):
+    """Random Q4_1 weights as a GGUF holds them: d and m are float16 values."""
+    blocks = k // 32
+    q = rng.integers(0, 16, size=(n, blocks, 32)).astype(np.uint8)
+    d = rng.uniform(0.01, 0.05, size=(n, blocks)).astype(np.float16)
+    m = rng.uniform(-0.4, 0.0, size=(n, blocks)).astype(np.float16)
+    z = np.clip(np.rint(-m.astype(np.float32) / d.astype(np.float32)), 0, 15).astype(np.uint8)
+    dense = (d.astype(np.float32)[..., None] * q + m.astype(np.float32)[..., None]).reshape(n, k)
+    return q, d, m, z, dense
+
+
+def _session(q, d, z, n: int, k: int) -> ort.InferenceSession:
+    """One MatMulNBits with integer zero points on the fast int8-activation kernel (accuracy_level 4)."""
+    inits = [
+        numpy_helper.from_array(pack_for_matmul_nbits(q), "B"),
+        numpy_helper.from_array(d.astype(np.float32).reshape(-1), "scales"),
+        numpy_helper.from_array(pack_zero_points(z), "zero_points"),
+    ]
+    node = helper.make_node(
+        "MatMulNBits", ["x", "B", "scales", "zero_points"], ["y"], domain="com.microsoft",
+        K=k, N=n, bits=4, block_size=32, accuracy_level=4,
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [node],
+        "q4_1",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "s", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "s", n])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 8
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("n", [48, 40])  # 40: the kernel pads rows to groups of 16
+def test_patched_kernel_computes_q4_1_exactly(tmp_path: Path, n: int):
+    rng = np.random.default_rng(n)
+    k = 128
+    q, d, m, z, dense = _q4_1(rng, n, k)
+    session = _session(q, d, z, n, k)
+    x = rng.normal(size=(1, 3, k)).astype(np.float32)
+    exact = x @ dense.T
+    (rounded,) = session.run(None, {"x": x})
+    write_block_offsets(tmp_path / "offsets.npz", [(d, z, m)])
+
+    assert patch_block_minimums(tmp_path / "offsets.npz") == 1
+    (patched,) = session.run(None, {"x": x})
+
+    # what is left is the kernel's int8 rounding of x (half a step of max|x|/127 per block of 32)
+    step = np.abs(x.reshape(1, 3, -1, 32)).max(-1) / 127 / 2
+    bound = (step[..., None, :] * np.abs(dense.reshape(n, -1, 32)).sum(-1)).sum(-1) + 1e-4
+    assert np.all(np.abs(patched - exact) <= bound)
+    assert np.abs(patched - exact).max() < np.abs(rounded - exact).max() / 10  # the integer zero points alone
+
+
+def test_offsets_that_do_not_match_the_kernel_are_refused(tmp_path: Path):
+    rng = np.random.default_rng(1)
+    n, k = 32, 64
+    q, d, m, z, _ = _q4_1(rng, n, k)
+    session = _session(q, d, z, n, k)
+    write_block_offsets(tmp_path / "offsets.npz", [(d, np.minimum(z + 1, 15).astype(np.uint8), m)])
+
+    with pytest.raises(InferenceError, match="--portable"):
+        patch_block_minimums(tmp_path / "offsets.npz")
+    assert session.run(None, {"x": np.ones((1, 1, k), np.float32)})[0].shape == (1, 1, n)  # left as it was
+
+
+def test_release_file_pages_gives_back_a_mapped_file_and_reads_stay_the_same(tmp_path: Path):
+    values = np.arange(4 << 20, dtype=np.int32)  # 16 MB
+    np.save(tmp_path / "table.npy", values)
+    mapped = np.load(tmp_path / "table.npy", mmap_mode="r")
+    assert int(mapped.sum(dtype=np.int64)) == int(values.sum(dtype=np.int64))  # every page read
+
+    assert release_file_pages(tmp_path) >= values.nbytes
+    assert release_file_pages(tmp_path / "elsewhere") == 0
+    assert np.array_equal(mapped, values)
