@@ -1,6 +1,6 @@
 """Engine benchmark: prefill ms, decode tok/s, peak RSS and quality (KL) of our engine vs llama.cpp.
 
-    python tools/bench/engine.py [--model smollm2-135m-instruct] [--threads 1 2] [--runs 3] [--rounds 3]
+    python tools/bench/engine.py [--model smollm2-135m-instruct] [--threads 1 2] [--runs 3] [--rounds 5]
                                  [--gguf PATH] [--reference smollm2-135m-instruct-fp32]
 
 Every measurement runs in its own subprocess (peak RSS is then that engine's alone). Prompt: a fixed chat prompt
@@ -166,7 +166,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--runs", type=int, default=3, help="timed runs per worker process")
-    parser.add_argument("--rounds", type=int, default=3, help="worker processes per engine, alternated")
+    parser.add_argument("--rounds", type=int, default=5, help="worker processes per engine, alternated")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument(
         "--gguf", type=Path, help="source GGUF for llama.cpp (default: kept beside the build)"
@@ -200,6 +200,7 @@ def main() -> None:
     except ImportError:
         have_llamacpp = False
     rows, ratios_decode, ratios_prefill, rss = [], [], [], []
+    pairs: dict[int, list[float]] = {}
     for threads in args.threads:
         # the machine's speed drifts by 10-20 % over seconds: alternate the two engines and keep each one's
         # median over the rounds, so both see the same conditions
@@ -222,6 +223,10 @@ def main() -> None:
             rows.append(("llama.cpp (GGUF)", threads, theirs))
             ratios_decode.append(ours["decode_tok_s"] / theirs["decode_tok_s"])
             ratios_prefill.append(theirs["prefill_ms"] / ours["prefill_ms"])
+            # each round's own pair (ours, then theirs right after): how far the machine's drift moved the ratio
+            pairs[threads] = sorted(
+                round(o["decode_tok_s"] / t["decode_tok_s"], 2) for o, t in zip(ours_rounds, theirs_rounds)
+            )
 
     summary: dict[str, object] = {
         "model": model_dir.name,
@@ -254,6 +259,7 @@ def main() -> None:
         summary["decode_ratio_vs_llamacpp"] = round(min(ratios_decode), 3)
         summary["decode_ratio_by_threads"] = {t: round(r, 3) for t, r in zip(args.threads, ratios_decode)}
         summary["prefill_ratio_vs_llamacpp"] = round(min(ratios_prefill), 3)
+        summary["decode_ratio_per_round"] = pairs
     for key in ("kl_ours", "kl_llamacpp"):
         if key in summary:
             summary[key] = round(float(summary[key]), 4)  # type: ignore[arg-type]
