@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.engine.block_offsets import patch_block_minimums, write_block_offsets
 from edge_agent.engine.process_memory import release_file_pages
 from edge_agent.errors import InferenceError
 from edge_agent.model.gguf_exact import pack_for_matmul_nbits, pack_zero_points
+from tests.integration.onnx_helpers import matmul_nbits_session
 
 
 def _q4_1(rng: np.random.Generator, n: int, k: int):
@@ -27,27 +27,12 @@ def _q4_1(rng: np.random.Generator, n: int, k: int):
 
 def _session(q, d, z, n: int, k: int) -> ort.InferenceSession:
     """One MatMulNBits with integer zero points on the fast int8-activation kernel (accuracy_level 4)."""
-    inits = [
-        numpy_helper.from_array(pack_for_matmul_nbits(q), "B"),
-        numpy_helper.from_array(d.astype(np.float32).reshape(-1), "scales"),
-        numpy_helper.from_array(pack_zero_points(z), "zero_points"),
-    ]
-    node = helper.make_node(
-        "MatMulNBits", ["x", "B", "scales", "zero_points"], ["y"], domain="com.microsoft",
-        K=k, N=n, bits=4, block_size=32, accuracy_level=4,
-    )  # fmt: skip
-    graph = helper.make_graph(
-        [node],
-        "q4_1",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "s", k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "s", n])],
-        inits,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    )
-    model.ir_version = 8
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    initializers = {
+        "B": pack_for_matmul_nbits(q),
+        "scales": d.astype(np.float32).reshape(-1),
+        "zero_points": pack_zero_points(z),
+    }
+    return matmul_nbits_session(k, n, initializers, accuracy_level=4)
 
 
 @pytest.mark.parametrize("n", [48, 40])  # 40: the kernel pads rows to groups of 16

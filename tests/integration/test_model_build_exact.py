@@ -4,35 +4,14 @@ as they are, each block's constant riding in the same node as two digit blocks o
 """
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.engine.onnx import OnnxEngine
 from edge_agent.errors import InferenceError
 from edge_agent.model.gguf_exact import offset_digits, pack_for_matmul_nbits
 from edge_agent.model.manifest import BLOCK_OFFSETS_FILE, read_manifest
 from edge_agent.model.store import is_built, model_dir_for
-
-
-def _matmul_nbits(k_total: int, n: int, packed: np.ndarray, scales: np.ndarray) -> ort.InferenceSession:
-    inits = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales.reshape(-1), "scales")]
-    node = helper.make_node(
-        "MatMulNBits", ["x", "B", "scales"], ["y"], domain="com.microsoft",
-        K=k_total, N=n, bits=4, block_size=32, accuracy_level=1,
-    )  # fmt: skip
-    graph = helper.make_graph(
-        [node],
-        "exact",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "s", k_total])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "s", n])],
-        inits,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    )
-    model.ir_version = 8
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+from tests.integration.onnx_helpers import matmul_nbits_session
 
 
 def test_q4_1_weights_with_offset_digits_match_the_dense_matmul():
@@ -46,7 +25,7 @@ def test_q4_1_weights_with_offset_digits_match_the_dense_matmul():
     digit_q, digit_scales = offset_digits(m + 8 * d)
     packed = np.concatenate([pack_for_matmul_nbits(q), pack_for_matmul_nbits(digit_q)], axis=1)
     scales = np.concatenate([d, digit_scales], axis=1)
-    session = _matmul_nbits(k + 64, n, packed, scales)
+    session = matmul_nbits_session(k + 64, n, {"B": packed, "scales": scales.reshape(-1)}, accuracy_level=1)
 
     x = rng.normal(size=(1, 5, k)).astype(np.float32)
     sums = np.zeros((1, 5, 32), np.float32)
@@ -65,7 +44,7 @@ def test_where_the_kernel_cannot_be_patched_the_build_is_portable(default_model_
     """Another onnxruntime or CPU family lays MatMulNBits' buffers out otherwise (simulated here: this machine's
     own probe is made to fail): the build falls back to the digit form, exact by itself, without block offsets,
     and gives the same next-token distributions as the default build."""
-    import edge_agent.model.build as build
+    from edge_agent.model import build
 
     def foreign_layout(model_dir):
         raise InferenceError("150 of 150 weights' block minimums not found in onnxruntime's prepacked buffers")
