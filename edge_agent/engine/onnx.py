@@ -31,6 +31,7 @@ from .block_offsets import patch_block_minimums
 from .process_memory import release_file_pages, return_freed_heap, weights_on_huge_pages
 
 log = logging.getLogger(__name__)
+_LOADING = threading.Lock()
 
 _NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # generate_batch drops finished rows from the batch when the longest live row has at least this many steps left
@@ -82,13 +83,14 @@ class OnnxEngine:
         )
         # the session first: its loading transient (weights read, then prepacked) peaks before the tokenizer
         # adds its own; what both freed goes back to the system (peak RSS, issue 3)
-        self._session = _create_session(self.model_dir / self.manifest.graph, threads)
+        with _LOADING:  # one load at a time: a patch must meet its own session's buffers, not another's
+            self._session = _create_session(self.model_dir / self.manifest.graph, threads)
+            if self.manifest.block_offsets:  # before anything runs: the graph alone has approximate offsets
+                patch_block_minimums(self.model_dir / self.manifest.block_offsets)
         self._embeddings = (
             _MappedEmbeddings(self.model_dir, self.manifest.embeddings) if self.manifest.embeddings else None
         )
         release_file_pages(self.model_dir)
-        if self.manifest.block_offsets:  # before anything runs: the graph alone has only approximate offsets
-            patch_block_minimums(self.model_dir / self.manifest.block_offsets)
         try:
             self._tokenizer = Tokenizer.from_file(str(self.model_dir / self.manifest.tokenizer))
         except Exception as exc:  # tokenizers raises plain Exception subclasses
