@@ -8,7 +8,7 @@ nearest integer `z = round(-m/d)` in the graph (KL 0.44 against fp32 on its own:
 exact m beside it (`block_offsets.npz`); once the session has prepacked, `patch_block_minimums` finds each
 weight's BlkSum array in this process's memory (it must equal -d*z bit for bit, in the kernel's layout) and
 writes m over it. Against carrying the constants as extra K columns (`model build --portable`), decode is
-13-15 % faster at 2 threads and RSS lower (docs/performance.md).
+13-20 % faster at 2 threads and RSS 10 MB lower (docs/performance.md).
 
 Where onnxruntime lays these buffers out otherwise (another version, another CPU family), a weight is not found
 and loading fails with a message that says to rebuild with `--portable`: never a silently wrong model.
