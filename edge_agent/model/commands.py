@@ -85,7 +85,8 @@ def _list(args: argparse.Namespace) -> int:
         if is_built(path):
             manifest = read_manifest(path)
             size = sum(p.stat().st_size for p in path.iterdir() if p.is_file()) / 1e6
-            state = f"built {manifest.precision}, {size:.0f} MB in {path}"
+            form = "tuned to this machine's onnxruntime" if manifest.block_offsets else "portable"
+            state = f"built {manifest.precision} ({form}), {size:.0f} MB in {path}"
         print(f"{name:28} {entry.template_kind:10} {entry.licence:12} {state}")
         print(f"{'':28} {entry.description}")
     return 0

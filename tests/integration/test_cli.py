@@ -75,3 +75,13 @@ def test_model_verify_says_what_is_wrong_with_its_argument(tmp_path, tiny_model_
     assert missing.returncode == 1
     assert "nowhere: not a built model directory" in missing.stderr and "engine.model" not in missing.stderr
     assert edge_moa("model", "verify", str(tiny_model_dir)).stdout.strip().endswith(": ok")
+
+
+def test_model_list_says_which_builds_only_run_here(default_model_dir):
+    from edge_agent.model.manifest import read_manifest
+
+    result = edge_moa("model", "list")
+    assert result.returncode == 0
+    line = next(line for line in result.stdout.splitlines() if line.startswith("smollm2-135m-instruct "))
+    form = "tuned to this machine's onnxruntime" if read_manifest(default_model_dir).block_offsets else "portable"
+    assert f"built int4 ({form})" in line and str(default_model_dir) in line
