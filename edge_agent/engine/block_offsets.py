@@ -41,7 +41,7 @@ def write_block_offsets(path: Path, weights: list[tuple[np.ndarray, np.ndarray, 
         np.savez(file, **arrays)
 
 
-def blksum_order(rows: int, blocks: int) -> np.ndarray:
+def _blksum_order(rows: int, blocks: int) -> np.ndarray:
     """Where BlkSum[n, b] sits in the kernel's flat array (rows padded to a multiple of 16)."""
     n = np.arange(rows)[:, None]
     b = np.arange(blocks)[None, :]
@@ -54,7 +54,7 @@ def _weight(offsets, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, in
     z = offsets[f"{index}.z"].astype(np.float32)
     rows, blocks = d.shape
     return (
-        blksum_order(rows, blocks).reshape(-1),
+        _blksum_order(rows, blocks).reshape(-1),
         (-(d * z)).reshape(-1),
         offsets[f"{index}.m"].astype(np.float32).reshape(-1),
         -(-rows // _GROUP) * _GROUP * blocks,
@@ -82,9 +82,8 @@ def _scan(memory: int, keys: dict[int, list[int]]) -> dict[int, list[int]]:
     runs = [run for region in private_anonymous_regions() for run in resident_runs(*region)]
     for low, high in runs:
         for start in range(low, high, _CHUNK):
-            try:
-                data = os.pread(memory, min(_CHUNK, high - start), start)
-            except OSError:
+            data = _read(memory, min(_CHUNK, high - start), start)
+            if not data:
                 break
             words = np.frombuffer(data, np.uint64, len(data) // 8)
             slots = np.minimum(np.searchsorted(ordered, words), len(ordered) - 1)
@@ -96,7 +95,7 @@ def _scan(memory: int, keys: dict[int, list[int]]) -> dict[int, list[int]]:
 def _read(memory: int, size: int, address: int) -> bytes:
     try:
         return os.pread(memory, size, address)
-    except OSError:  # runs past the end of a mapping
+    except OSError:  # not mapped (any more)
         return b""
 
 
@@ -119,14 +118,16 @@ def patch_block_minimums(path: Path) -> int:
         found = _scan(memory.fileno(), keys)
         for key, indices in keys.items():
             for index in indices:
+                # computed again rather than kept from the key pass: all weights' arrays at once are ~50 MB
                 order, held, exact, length = _weight(offsets, index)
                 patched = 0
                 for address in found.get(key, ()):
                     data = _read(memory.fileno(), 4 * length, address - shifts[index])
                     current = np.frombuffer(data, np.float32).copy()
                     # bit for bit, padding rows aside; a kernel may hold more copies: each is patched
-                    same = len(current) == length and np.array_equal(current[order].view(np.uint32), held.view(np.uint32))
-                    if same:
+                    if len(current) == length and np.array_equal(
+                        current[order].view(np.uint32), held.view(np.uint32)
+                    ):
                         current[order] = exact
                         patched += os.pwrite(memory.fileno(), current.tobytes(), address - shifts[index]) > 0
                 if not patched:

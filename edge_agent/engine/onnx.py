@@ -62,7 +62,7 @@ class OnnxEngine:
         huge_pages: bool = True,
     ):
         """`share_kv_buffer=None` follows the manifest; False forces the copying loop (for comparisons).
-        `huge_pages`: back the loaded weights with transparent huge pages (Linux; see process_memory.weights_on_huge_pages).
+        `huge_pages`: back the loaded weights with transparent huge pages (Linux; process_memory.py says why).
 
         `max_batch`: the most requests `generate_batch` decodes together (1 disables batching). Graphs without the
         shared KV buffer always run one request at a time (their max_batch is 1).
@@ -84,7 +84,7 @@ class OnnxEngine:
         # the session first: its loading transient (weights read, then prepacked) peaks before the tokenizer
         # adds its own; what both freed goes back to the system (peak RSS, issue 3)
         with _LOADING:  # one load at a time: a patch must meet its own session's buffers, not another's
-            self._session = _create_session(self.model_dir / self.manifest.graph, threads)
+            self._session = create_session(self.model_dir / self.manifest.graph, threads)
             if self.manifest.block_offsets:  # before anything runs: the graph alone has approximate offsets
                 patch_block_minimums(self.model_dir / self.manifest.block_offsets)
         self._embeddings = (
@@ -539,7 +539,8 @@ def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.ra
     return int(rng.choice(len(probs), p=probs))
 
 
-def _create_session(path: Path, threads: int) -> ort.InferenceSession:
+def create_session(path: Path, threads: int) -> ort.InferenceSession:
+    """The engine's onnxruntime session (threads <= 0: one per core); InferenceError if it does not load."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

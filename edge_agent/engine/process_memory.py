@@ -95,8 +95,8 @@ def release_file_pages(directory: Path) -> int:
     try:
         lines = Path("/proc/self/smaps").read_text().splitlines()
     except OSError:
-        return 0
-    if madvise is None:
+        lines = []
+    if madvise is None or not lines:
         return 0
     prefix = str(Path(directory).resolve()) + os.sep
     dropped, span = 0, None

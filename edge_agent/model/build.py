@@ -188,13 +188,10 @@ def _exact_weights(exported: Path, gguf: Path, spare: Path, *, portable: bool) -
 
 def _try_block_offsets(model_dir: Path) -> None:
     """Load the graph and write its block minimums, as the engine does; InferenceError where that fails."""
-    import onnxruntime as ort
-
     from ..engine.block_offsets import patch_block_minimums
+    from ..engine.onnx import create_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    session = create_session(model_dir / "model.onnx", threads=0)
     patch_block_minimums(model_dir / BLOCK_OFFSETS_FILE)
     del session
 

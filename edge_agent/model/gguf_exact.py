@@ -272,7 +272,10 @@ def _output_head(graph, tensors: dict) -> int:
         end = min(n_out, start + rows)
         b_name, s_name = f"lm_head.MatMul.weight_Q8.rows{start}", f"lm_head.MatMul.weight_scales_Q8.rows{start}"
         graph.initializer.extend(
-            [numpy_helper.from_array(u[start:end], b_name), numpy_helper.from_array(scales[start:end].reshape(-1), s_name)]
+            [
+                numpy_helper.from_array(u[start:end], b_name),
+                numpy_helper.from_array(scales[start:end].reshape(-1), s_name),
+            ]
         )
         part = helper.make_node(
             "MatMulNBits",
@@ -283,7 +286,8 @@ def _output_head(graph, tensors: dict) -> int:
             **{**attrs, "N": end - start, "bits": 8, "block_size": _HEAD_BLOCK},
         )
         parts.append(part)
-    join = helper.make_node("Concat", [p.output[0] for p in parts], [head.output[0]], name=f"{head.name}/rows", axis=-1)
+    outputs = [part.output[0] for part in parts]
+    join = helper.make_node("Concat", outputs, [head.output[0]], name=f"{head.name}/rows", axis=-1)
     for offset, node in enumerate([*parts, join]):
         graph.node.insert(index + offset, node)
     return 1

@@ -61,11 +61,14 @@ def test_offsets_that_do_not_match_the_kernel_are_refused(tmp_path: Path):
     n, k = 32, 64
     q, d, m, z, _ = _q4_1(rng, n, k)
     session = _session(q, d, z, n, k)
-    write_block_offsets(tmp_path / "offsets.npz", [(d, np.minimum(z + 1, 15).astype(np.uint8), m)])
+    x = rng.normal(size=(1, 2, k)).astype(np.float32)
+    (before,) = session.run(None, {"x": x})
+    wrong_z = np.where(z < 15, z + 1, z - 1).astype(np.uint8)  # what another kernel's layout would look like
+    write_block_offsets(tmp_path / "offsets.npz", [(d, wrong_z, m)])
 
-    with pytest.raises(InferenceError, match="--portable"):
+    with pytest.raises(InferenceError, match="1 of 1 weights.*--portable"):
         patch_block_minimums(tmp_path / "offsets.npz")
-    assert session.run(None, {"x": np.ones((1, 1, k), np.float32)})[0].shape == (1, 1, n)  # left as it was
+    assert np.array_equal(session.run(None, {"x": x})[0], before)  # nothing was written
 
 
 def test_release_file_pages_gives_back_a_mapped_file_and_reads_stay_the_same(tmp_path: Path):
