@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ..model.chat_template import ChatTemplate
 from ..model.manifest import Manifest, read_manifest
 from .base import ChatMessage, Generation, GenerationRequest
 from .block_offsets import patch_block_minimums
+from .generation import Sequence, TextStream, final_text, sample_next
 from .process_memory import release_file_pages, return_freed_heap, weights_on_huge_pages
 
 log = logging.getLogger(__name__)
@@ -151,22 +153,36 @@ class OnnxEngine:
 
     # -- generation ------------------------------------------------------------------------------------------
 
-    def generate(self, request: GenerationRequest) -> Generation:
+    streams = True  # generate(request, on_delta) hands the text over a few tokens at a time
+
+    def generate(self, request: GenerationRequest, on_delta: Callable[[str], None] | None = None) -> Generation:
+        """One request; `on_delta(text)` (optional, called on this thread) gets the answer as it is decoded, in
+        pieces that join to the returned text."""
         started = time.perf_counter()
-        prompt_ids = self.encode(self.render_prompt(request.messages))
-        new_ids = self.generate_ids(
-            prompt_ids,
-            max_new_tokens=request.max_new_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            seed=request.seed,
-        )
+        prompt_ids = self._prompt_ids(request.messages)
+        self._check(prompt_ids, request.max_new_tokens)
+        stream = TextStream(self.decode, self._stop_strings, on_delta) if on_delta is not None else None
+        seq = self._sequence(request, prompt_ids, stream=stream)
+        with self._lock:
+            try:
+                self._loop(seq)
+            except (InferenceError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # onnxruntime's pybind exceptions (Fail, InvalidArgument, ...), MemoryError
+                raise InferenceError(f"{self.model_id}: inference failed: {exc}") from exc
+        text = self._text(seq.out)
+        if stream is not None:
+            stream.finish(text)
         return Generation(
-            text=self._text(new_ids),
-            prompt_tokens=len(prompt_ids),
-            new_tokens=len(new_ids),
-            seconds=time.perf_counter() - started,
+            text=text, prompt_tokens=len(prompt_ids), new_tokens=len(seq.out), seconds=time.perf_counter() - started
         )
+
+    def _sequence(self, request: GenerationRequest, prompt_ids: list[int], *, stream: TextStream | None = None,
+                  stop_at_eos: bool = True, rng: np.random.Generator | None = None) -> Sequence:
+        if rng is None:
+            rng = np.random.default_rng(request.seed) if request.seed is not None else self._rng
+        stop = self._hit_stop_string if self._stop_strings else None
+        return Sequence(request, prompt_ids, rng, eos=self._eos, stop=stop, stream=stream, stop_at_eos=stop_at_eos)
 
     def generate_batch(
         self, requests: list[GenerationRequest], *, stop_at_eos: bool = True
@@ -224,7 +240,9 @@ class OnnxEngine:
             try:
                 if len(chunk) == 1:  # the single-request loop: no batch buffer to build
                     (_, ids, r), rng = chunk[0], rngs[0]
-                    return [self._loop(ids, r.max_new_tokens, r.temperature, r.top_p, rng, stop_at_eos, stop)]
+                    seq = self._sequence(r, ids, stop_at_eos=stop_at_eos, rng=rng)
+                    self._loop(seq)
+                    return [seq.out]
                 return self._batch_loop(chunk, rngs, stop_at_eos, stop)
             except (InferenceError, KeyboardInterrupt):
                 raise
@@ -291,10 +309,7 @@ class OnnxEngine:
             )
 
     def _text(self, new_ids: list[int]) -> str:
-        text = self.decode(new_ids)
-        for stop in self._stop_strings:  # base models run on into the next "Question:": cut there
-            text = text.split(stop, 1)[0]
-        return text
+        return final_text(self.decode(new_ids), self._stop_strings)
 
     def generate_ids(
         self,
@@ -311,41 +326,35 @@ class OnnxEngine:
         `stop_at_eos=False` (benchmarks) always generates `max_new_tokens`.
         """
         self._check(prompt_ids, max_new_tokens)
-        rng = np.random.default_rng(seed) if seed is not None else self._rng
-        stop = self._hit_stop_string if self._stop_strings and stop_at_eos else None
+        request = GenerationRequest(messages=(), max_new_tokens=max_new_tokens, temperature=temperature,
+                                    top_p=top_p, seed=seed)
+        seq = self._sequence(request, list(prompt_ids), stop_at_eos=stop_at_eos)
         with self._lock:
             try:
-                return self._loop(prompt_ids, max_new_tokens, temperature, top_p, rng, stop_at_eos, stop)
+                self._loop(seq)
             except (InferenceError, KeyboardInterrupt):
                 raise
             # onnxruntime's pybind exceptions (Fail, InvalidArgument, ...) and MemoryError
             except Exception as exc:
                 raise InferenceError(f"{self.model_id}: inference failed: {exc}") from exc
+        return seq.out
 
     def _hit_stop_string(self, out: list[int]) -> bool:
         tail = self.decode(out[-16:])  # a stop string spans a few tokens at most
         return any(stop in tail for stop in self._stop_strings)
 
-    def _loop(self, prompt_ids, max_new_tokens, temperature, top_p, rng, stop_at_eos, stop) -> list[int]:
-        capacity = len(prompt_ids) + max_new_tokens
-        step = _SharedKvStep(self, capacity) if self._share_buffer else _ConcatKvStep(self)
+    def _loop(self, seq: Sequence) -> None:
+        prompt_ids = seq.prompt_ids
+        step = _SharedKvStep(self, seq.capacity) if self._share_buffer else _ConcatKvStep(self)
         t0 = time.perf_counter()
         logits = step.run(np.asarray([prompt_ids], dtype=np.int64), past_len=0)
         t1 = time.perf_counter()
-        out: list[int] = []
         total = len(prompt_ids)
-        while True:
-            token = sample_next(logits, temperature, top_p, rng)
-            if stop_at_eos and token in self._eos:
-                break
-            out.append(token)
-            if len(out) >= max_new_tokens or (stop is not None and stop(out)):
-                break
-            logits = step.run(np.asarray([[token]], dtype=np.int64), past_len=total)
+        while seq.choose(logits):
+            logits = step.run(np.asarray([[seq.out[-1]]], dtype=np.int64), past_len=total)
             total += 1
         t2 = time.perf_counter()
-        self.last_timing = Timing(len(prompt_ids), len(out), t1 - t0, t2 - t1)
-        return out
+        self.last_timing = Timing(len(prompt_ids), len(seq.out), t1 - t0, t2 - t1)
 
     def next_token_logits(self, ids: list[int]) -> np.ndarray:
         """Logits over the vocabulary after every prefix of `ids`, shape (len(ids), vocab), for quality checks."""
@@ -521,22 +530,6 @@ class _ConcatKvStep:
         past_names = [name for pair in engine._past_names for name in pair]
         self._past = dict(zip(past_names, presents))
         return logits[0] if all_positions else logits[0, -1]
-
-
-def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
-    """Greedy at temperature 0; otherwise softmax(logits / T) cut to the smallest nucleus of mass >= top_p."""
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / temperature
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
-    if top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cumulative, top_p)) + 1]
-        kept = probs[keep] / probs[keep].sum()
-        return int(keep[rng.choice(len(keep), p=kept)])
-    return int(rng.choice(len(probs), p=probs))
 
 
 def create_session(path: Path, threads: int) -> ort.InferenceSession:

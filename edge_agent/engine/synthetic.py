@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import threading
 import time
+from collections.abc import Callable
 
 from ..errors import InferenceError, TooLargeError
 from .base import ChatMessage, Generation, GenerationRequest
@@ -75,11 +77,22 @@ class SyntheticEngine:
         text = f"[{self.model_id} {digest}] " + " ".join(words)
         return Generation(text=text, prompt_tokens=prompt_tokens, new_tokens=len(words) + 2, seconds=seconds)
 
-    def generate(self, request: GenerationRequest) -> Generation:
+    streams = True
+
+    def generate(self, request: GenerationRequest, on_delta: Callable[[str], None] | None = None) -> Generation:
+        """Sleeps one service time; with `on_delta`, hands the echo over word by word spread across it."""
         prompt_tokens = self._check(request)
         started = time.perf_counter()
-        time.sleep(self._service_time())
-        return self._echo(request, prompt_tokens, time.perf_counter() - started)
+        service_s = self._service_time()
+        if on_delta is None:
+            time.sleep(service_s)
+            return self._echo(request, prompt_tokens, time.perf_counter() - started)
+        echo = self._echo(request, prompt_tokens, 0.0)
+        pieces = re.findall(r"\S+\s*", echo.text) or [echo.text]
+        for index, piece in enumerate(pieces, 1):
+            time.sleep(max(0.0, started + service_s * index / len(pieces) - time.perf_counter()))
+            on_delta(piece)
+        return Generation(echo.text, prompt_tokens, echo.new_tokens, time.perf_counter() - started)
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[Generation | Exception]:
         """As OnnxEngine.generate_batch: one result or error per request; `max_batch` valid ones per sleep.

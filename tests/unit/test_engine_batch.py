@@ -77,3 +77,14 @@ def test_only_invalid_requests_cost_nothing():
 def test_bad_batch_settings_fail_fast(kwargs):
     with pytest.raises(ValueError):
         SyntheticEngine(service_s=0.1, **kwargs)
+
+
+def test_synthetic_engine_streams_its_echo_across_the_service_time():
+    engine = SyntheticEngine(service_s=0.2, seed=1)
+    request = GenerationRequest(messages=(ChatMessage("user", "one two three four"),), max_new_tokens=8)
+    stamps: list[tuple[float, str]] = []
+    started = time.perf_counter()
+    result = engine.generate(request, on_delta=lambda d: stamps.append((time.perf_counter() - started, d)))
+    assert engine.streams and "".join(d for _, d in stamps) == result.text == engine.generate(request).text
+    assert len(stamps) == len(result.text.split())
+    assert stamps[0][0] < 0.15 and stamps[-1][0] >= 0.19  # spread over the service time, not all at once
