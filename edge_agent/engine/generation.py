@@ -46,8 +46,12 @@ class TextStream:
     is left, so the deltas joined are exactly `final_text(decode(ids))`.
     """
 
-    def __init__(self, decode: Callable[[list[int]], str], stop_strings: tuple[str, ...],
-                 on_delta: Callable[[str], None]):
+    def __init__(
+        self,
+        decode: Callable[[list[int]], str],
+        stop_strings: tuple[str, ...],
+        on_delta: Callable[[str], None],
+    ):
         self._decode = decode
         self._stops = stop_strings
         self._on_delta = on_delta
@@ -91,9 +95,17 @@ class TextStream:
 class Sequence:
     """One request being decoded: its prompt, the tokens chosen so far and whether it has finished."""
 
-    def __init__(self, request: GenerationRequest, prompt_ids: list[int], rng: np.random.Generator, *,
-                 eos: frozenset[int], stop: Callable[[list[int]], bool] | None,
-                 stream: TextStream | None = None, stop_at_eos: bool = True):
+    def __init__(
+        self,
+        request: GenerationRequest,
+        prompt_ids: list[int],
+        rng: np.random.Generator,
+        *,
+        eos: frozenset[int],
+        stop: Callable[[list[int]], bool] | None,
+        stream: TextStream | None = None,
+        stop_at_eos: bool = True,
+    ):
         self.request = request
         self.prompt_ids = prompt_ids
         self.rng = rng

@@ -79,7 +79,9 @@ class SyntheticEngine:
 
     streams = True
 
-    def generate(self, request: GenerationRequest, on_delta: Callable[[str], None] | None = None) -> Generation:
+    def generate(
+        self, request: GenerationRequest, on_delta: Callable[[str], None] | None = None
+    ) -> Generation:
         """Sleeps one service time; with `on_delta`, hands the echo over word by word spread across it."""
         prompt_tokens = self._check(request)
         started = time.perf_counter()

@@ -11,7 +11,9 @@ from edge_agent.engine.worker import InferenceWorker, Job
 
 
 def greedy(text: str, max_new_tokens: int) -> GenerationRequest:
-    return GenerationRequest(messages=(ChatMessage("user", text),), max_new_tokens=max_new_tokens, temperature=0)
+    return GenerationRequest(
+        messages=(ChatMessage("user", text),), max_new_tokens=max_new_tokens, temperature=0
+    )
 
 
 @pytest.mark.parametrize("which", ["tiny_model_dir", "default_model_dir"])
@@ -22,7 +24,7 @@ def test_deltas_join_to_the_greedy_text(which: str, request: pytest.FixtureReque
         deltas: list[str] = []
         threads: set[int] = set()
 
-        def on_delta(text: str) -> None:
+        def on_delta(text: str, deltas: list[str] = deltas, threads: set[int] = threads) -> None:
             deltas.append(text)
             threads.add(threading.get_ident())
 
@@ -41,7 +43,9 @@ def test_the_worker_streams_a_job_through_its_own_on_delta(tiny_model_dir: Path)
     done: list[Generation] = []
     finished = threading.Event()
     deltas: list[str] = []
-    worker.submit(Job("t1", greedy("stream me", 20), lambda g: (done.append(g), finished.set()), deltas.append))
+    worker.submit(
+        Job("t1", greedy("stream me", 20), lambda g: (done.append(g), finished.set()), deltas.append)
+    )
     assert finished.wait(30)
     worker.close()
     assert isinstance(done[0], Generation) and done[0].new_tokens == 20
