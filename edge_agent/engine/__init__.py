@@ -30,7 +30,7 @@ def create_engine(section: EngineSection) -> Engine:
             batch_cost=section.synthetic_batch_cost,
             batch_profile=profile,
         )
-    from ..model.store import resolve_model_dir
+    from ..artifact.store import resolve_model_dir
     from .onnx import OnnxEngine
 
     return OnnxEngine(

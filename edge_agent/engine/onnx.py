@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from ..artifact.chat_template import ChatTemplate
+from ..artifact.manifest import Manifest, read_manifest
 from ..errors import InferenceError, TooLargeError
-from ..model.chat_template import ChatTemplate
-from ..model.manifest import Manifest, read_manifest
 from .base import ChatMessage, Generation, GenerationRequest
 from .batch import ContinuousBatch
 from .block_offsets import patch_block_minimums

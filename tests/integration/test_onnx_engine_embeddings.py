@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from edge_agent.artifact.manifest import EMBEDDING_FILES, read_manifest, write_manifest
 from edge_agent.engine.onnx import OnnxEngine
 from edge_agent.errors import InferenceError
 from edge_agent.model.gguf_exact import take_embeddings_out
-from edge_agent.model.manifest import EMBEDDING_FILES, read_manifest, write_manifest
 from edge_agent.model.tiny import build_tiny_model
 
 
