@@ -33,8 +33,8 @@ def register(sub) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .artifact.store import resolve_model_dir
     from .mesh import LocalMesh
-    from .model.store import resolve_model_dir
     from .mosquitto import local_broker
 
     model_dir = resolve_model_dir(args.model)

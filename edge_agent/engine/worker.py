@@ -1,5 +1,9 @@
 """The inference thread: the one owner of the engine, serving submitted jobs FCFS, up to `max_batch` at once.
 
+Engines with `open_batch` (OnnxEngine, SyntheticEngine) are served continuously: a job submitted while others
+decode joins them at the next step, a finished one is answered at once and frees its row (batch.py); with
+`max_batch = 1` that is the paper's FCFS queue. Other engines get static batches of the jobs waiting.
+
 The agent's loop submits jobs from its own thread and hears back through each job's callbacks, which run on this
 thread and must only hand the outcome over (e.g. `loop.call_soon_threadsafe`). A failing job never stops the
 thread: its exception is its outcome.
@@ -29,8 +33,9 @@ class Job:
 
 
 class InferenceWorker:
-    """FCFS service of jobs on one thread. With `max_batch` > 1 the jobs waiting when the engine frees up are
-    decoded together (`Engine.generate_batch`), which raises the service rate to b / alpha(b) (DESIGN.md sec. 4)."""
+    """FCFS service of jobs on one thread. With `max_batch` > 1 up to that many jobs decode together, which
+    raises the service rate to b / alpha(b) (DESIGN.md sec. 4). A job's Generation.seconds is the time from its
+    joining the batch to its end."""
 
     def __init__(self, engine: Engine, *, max_batch: int = 1, name: str = "inference"):
         self.engine = engine
@@ -73,6 +78,52 @@ class InferenceWorker:
 
     # -- the inference thread --
     def _serve(self) -> None:
+        if callable(getattr(self.engine, "open_batch", None)):
+            self._serve_continuously()
+        else:
+            self._serve_static()
+
+    def _serve_continuously(self) -> None:
+        batch = self.engine.open_batch(max_rows=self.max_batch)
+        stopping = False
+        while not (stopping and not len(batch)):
+            while not stopping and batch.free_rows > 0:
+                try:  # block for the first job only when nothing runs
+                    job = self._jobs.get() if not len(batch) else self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                with self._lock:
+                    self._waiting -= 1
+                try:
+                    batch.add(job.request, tag=job, on_delta=job.on_delta)
+                except Exception as exc:  # noqa: BLE001  # this request alone is bad (too large, untokenizable)
+                    self._deliver(job, exc)
+            if not len(batch):
+                continue
+            self._running = len(batch)
+            self._busy_since = time.monotonic()
+            try:
+                finished = batch.step()
+            except Exception as exc:  # the batch fails; the thread goes on serving
+                log.exception("a batch step failed")
+                finished = [(job, exc) for job in batch.drop_all()]
+            finally:
+                self._busy_since = None
+            self._running = len(batch)
+            for job, outcome in finished:
+                self._deliver(job, outcome)
+
+    @staticmethod
+    def _deliver(job: Job, outcome: Outcome) -> None:
+        try:
+            job.on_done(outcome)
+        except Exception:  # a caller's bug must not stop the thread that serves every other job
+            log.exception("on_done of job %s failed", job.key)
+
+    def _serve_static(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
@@ -97,10 +148,7 @@ class InferenceWorker:
                 self._busy_since = None
                 self._running = 0
             for item, outcome in zip(batch, outcomes):
-                try:
-                    item.on_done(outcome)
-                except Exception:  # a caller's bug must not stop the thread that serves every other job
-                    log.exception("on_done of job %s failed", item.key)
+                self._deliver(item, outcome)
 
     def _run(self, batch: list[Job]) -> list[Outcome]:
         try:
