@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .config import QueueSection
 from .engine import GenerationRequest
 from .memory import MemoryProbe, MemoryReading, queue_cap_bytes, task_charge_bytes
@@ -11,12 +13,16 @@ from .prompt_queue import PromptQueue, QueuedTask, admit
 class Admission:
     """Owns the ledger of tasks in the system; says whether one more fits, charges it, and gives it back."""
 
-    def __init__(self, *, queue: QueueSection, memory: MemoryProbe, kv_bytes_per_token: int):
+    def __init__(self, *, queue: QueueSection, memory: MemoryProbe, kv_bytes_per_token: int,
+                 row_charge: Callable[[int, int], int] | None = None):
         self.section, self.memory, self.kv_bytes_per_token = queue, memory, kv_bytes_per_token
+        self.row_charge = row_charge  # the engine's own count of what a batch row holds, when it has one
         self.ledger = PromptQueue()
 
     def charge(self, generation: GenerationRequest, prompt_tokens: int) -> int:
         prompt_bytes = sum(len(m.content.encode()) for m in generation.messages)
+        if self.row_charge is not None:
+            return prompt_bytes + self.row_charge(prompt_tokens, generation.max_new_tokens)
         return task_charge_bytes(prompt_bytes, prompt_tokens, generation.max_new_tokens, self.kv_bytes_per_token)
 
     def cap(self, reading: MemoryReading | None = None) -> int:

@@ -51,7 +51,8 @@ def build_agent(config: AgentConfig) -> Agent:
     return Agent(
         config=config, engine=engine, journal=open_journal(config),
         admission=Admission(queue=config.queue, memory=MemoryProbe(config.queue.memory_limit_mb),
-                            kv_bytes_per_token=engine.kv_bytes_per_token),
+                            kv_bytes_per_token=engine.kv_bytes_per_token,
+                            row_charge=getattr(engine, "row_charge_bytes", None)),
         worker=InferenceWorker(engine, max_batch=config.engine.max_batch),
         transport_factory=partial(PahoTransport, settings),
     )

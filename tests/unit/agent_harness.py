@@ -31,10 +31,10 @@ def agent_config(device: str, state_dir: Path, **sections) -> AgentConfig:
     return AgentConfig.model_validate(data)
 
 
-def make_agent(broker: MemoryBroker, device: str, state_dir: Path, **sections) -> Agent:
+def make_agent(broker: MemoryBroker, device: str, state_dir: Path, engine_class=SyntheticEngine,
+               **sections) -> Agent:
     config = agent_config(device, state_dir, **sections)
-    engine = SyntheticEngine(service_s=config.engine.synthetic_service_s, seed=1,
-                                       max_batch=config.engine.max_batch)
+    engine = engine_class(service_s=config.engine.synthetic_service_s, seed=1, max_batch=config.engine.max_batch)
     return Agent(config=config, engine=engine, journal=open_journal(config),
                  admission=Admission(queue=config.queue, memory=MemoryProbe(), kv_bytes_per_token=1024),
                  worker=InferenceWorker(engine, max_batch=config.engine.max_batch),

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sqlite3
 
+from edge_agent.engine.synthetic import SyntheticEngine
 from edge_agent.journal import Journal
 from edge_agent.memory_transport import MemoryBroker
 from edge_agent.protocol import ResultMessage, Status, TaskAckMessage, UserRequest, encode
@@ -241,10 +242,16 @@ def test_unacknowledged_reply_is_sent_again_after_a_restart_and_old_rows_are_ans
     run(scenario())
 
 
+class HangingEngine(SyntheticEngine):
+    """One engine call that does not return for its whole service time (a hung runtime, not a long batch)."""
+
+    open_batch = None  # no steps: the worker serves it whole
+
+
 def test_hung_engine_makes_the_agent_unhealthy_and_refuse(tmp_path):
     async def scenario():
         broker = MemoryBroker()
-        agent = make_agent(broker, "a", tmp_path, moa={"layers": 0, "proposers": 0},
+        agent = make_agent(broker, "a", tmp_path, engine_class=HangingEngine, moa={"layers": 0, "proposers": 0},
                            engine={"synthetic_service_s": 3.0, "hang_timeout_s": 0.3})
         await started(agent)
         user = User(broker)
