@@ -270,3 +270,24 @@ def test_hung_engine_makes_the_agent_unhealthy_and_refuse(tmp_path):
         await stopped(agent)
 
     run(scenario())
+
+
+def test_streamed_final_aggregation_comes_in_chunks_then_the_one_answer(tmp_path):
+    async def scenario():
+        broker = MemoryBroker()
+        agents = [make_agent(broker, d, tmp_path, moa={"max_new_tokens": 40}) for d in ("a", "b", "c")]
+        await started(*agents)
+        user = User(broker)
+        prompt = " ".join(f"word{i}" for i in range(30))
+        topic = user.ask("a", "streamed", prompt=prompt, stream=True)
+        plain = user.ask("a", "plain", prompt=prompt)
+        await wait_for(lambda: user.finals(topic) and user.finals(plain), what="answers")
+        replies = user.replies[topic]
+        chunks = [r for r in replies if r.get("type") == "chunk"]
+        assert len(chunks) >= 2 and replies[-1]["type"] == "answer"  # chunks first, the answer last
+        assert [c["index"] for c in chunks] == list(range(len(chunks)))
+        assert "".join(c["delta"] for c in chunks) == replies[-1]["response"]
+        assert all(r.get("type") != "chunk" for r in user.replies[plain])  # without stream nothing changes
+        await stopped(*agents)
+
+    run(scenario())
