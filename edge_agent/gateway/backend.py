@@ -59,6 +59,7 @@ class MeshWatch:
         now = time.time() if now is None else now
         return {
             "now": now,
+            "history_s": self.history_s,
             "agents": [s.model_dump(exclude_none=True) for _, s in sorted(self.statuses.items())],
             "history": {device: [{"t": t, "queue_length": q, "latency_p50_s": p} for t, q, p in points
                                  if t >= now - self.history_s]
