@@ -4,9 +4,10 @@ PYTHON    ?= python3
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
 # mosquitto for every test; openssl, iproute2, iptables, systemd (systemd-analyze) and util-linux (unshare)
-# for provisioning and the emulated fleet in network namespaces.
-APT_PKGS  := mosquitto mosquitto-clients openssl iproute2 iptables systemd util-linux
-APT_CMDS  := mosquitto mosquitto_pub openssl ip iptables systemd-analyze unshare
+# for provisioning and the emulated fleet in network namespaces; chromium and its driver for the mesh page's
+# browser test; curl for the gateway's.
+APT_PKGS  := mosquitto mosquitto-clients openssl iproute2 iptables systemd util-linux chromium chromium-driver curl
+APT_CMDS  := mosquitto mosquitto_pub openssl ip iptables systemd-analyze unshare chromium chromedriver curl
 PYTEST_ARGS ?=
 
 .PHONY: demo test install install-export system-deps default-model test-models lint clean help

@@ -72,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     from . import demo
+    from .gateway import commands as gateway
 
     demo.register(sub)
+    gateway.register(sub)
     _register_features(sub)
     return parser
 

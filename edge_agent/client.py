@@ -20,6 +20,8 @@ class MoaClient:
     def __init__(self, settings: BrokerSettings, *, topic_root: str = "moa/v1", client_id: str | None = None):
         self.topics = Topics(topic_root)
         self._pending: dict[str, Future] = {}
+        self._chunk_listeners: dict[str, Callable[[dict], None]] = {}  # reply topic -> called per stream chunk
+        self._answer_wildcards: set[str] = set()  # devices whose answer/+ we subscribed once (long-lived apps)
         self._status: dict[str, Status] = {}
         self._status_listeners: list[Callable[[Status], None]] = []
         self._lock = threading.Lock()
@@ -33,6 +35,19 @@ class MoaClient:
     def close(self) -> None:
         self._transport.close()
 
+    @property
+    def connected(self) -> bool:
+        return self._transport.connected
+
+    def listen_answers(self, device: str) -> None:
+        """Subscribe once to every answer topic of `device`, instead of one subscription per request.
+
+        For long-lived apps (the gateway): the transport cannot unsubscribe, so per-request subscriptions
+        would pile up on the broker. Answers to other apps' requests on that device are ignored.
+        """
+        self._answer_wildcards.add(device)
+        self._transport.subscribe(self.topics.answer(device, "+"), 1)
+
     def __enter__(self) -> MoaClient:  # noqa: PYI034  # py3.10: no typing.Self
         return self.connect()
 
@@ -40,20 +55,31 @@ class MoaClient:
         self.close()
 
     # -- asking --
-    def submit(self, device: str, prompt: str, *, request_id: str | None = None, **options) -> Future:
-        """Send a prompt; the future resolves to the answer or error JSON (a dict)."""
+    def submit(self, device: str, prompt: str, *, request_id: str | None = None,
+               on_chunk: Callable[[dict], None] | None = None, **options) -> Future:
+        """Send a prompt; the future resolves to the answer or error JSON (a dict). `stream=True` with
+        `on_chunk` gets the final aggregation's chunks as they come (docs/protocol.md "Streaming")."""
         request_id = request_id or new_id()[:16]
         payload = {"prompt": prompt, "request_id": request_id, "reply_to": self.topics.answer(device, request_id)}
         payload.update({key: value for key, value in options.items() if value is not None})
-        return self.submit_raw(device, json.dumps(payload).encode(), request_id)
+        return self.submit_raw(device, json.dumps(payload).encode(), request_id, on_chunk)
 
-    def submit_raw(self, device: str, payload: bytes, request_id: str) -> Future:
-        """Publish any payload as a prompt, with the Response Topic of `request_id`'s answer topic."""
+    def submit_raw(self, device: str, payload: bytes, request_id: str,
+                   on_chunk: Callable[[dict], None] | None = None) -> Future:
+        """Publish any payload as a prompt, with the Response Topic of `request_id`'s answer topic.
+
+        Stream chunks (`"type": "chunk"`, docs/protocol.md "Streaming") go to `on_chunk` on the network thread;
+        the future resolves with the one final answer or error.
+        """
         reply_topic = self.topics.answer(device, request_id)
         future: Future = Future()
         with self._lock:
             self._pending[reply_topic] = future
-        self._transport.subscribe(reply_topic, 1)
+            if on_chunk is not None:
+                self._chunk_listeners[reply_topic] = on_chunk
+        future.add_done_callback(lambda _: self._forget(reply_topic))
+        if device not in self._answer_wildcards:
+            self._transport.subscribe(reply_topic, 1)
         self._transport.publish(self.topics.prompt(device), payload, qos=1, response_topic=reply_topic,
                                 correlation_data=request_id.encode())
         return future
@@ -64,6 +90,11 @@ class MoaClient:
             return future.result(timeout=timeout_s)
         except TimeoutError:
             raise PeerTimeoutError(f"no answer from {device} within {timeout_s:.0f}s") from None
+
+    def _forget(self, reply_topic: str) -> None:
+        with self._lock:
+            self._pending.pop(reply_topic, None)
+            self._chunk_listeners.pop(reply_topic, None)
 
     # -- status --
     def watch_status(self, listener: Callable[[Status], None] | None = None) -> None:
@@ -101,9 +132,17 @@ class MoaClient:
                 listener(status)
             return
         with self._lock:
-            future = self._pending.pop(message.topic, None)
-        if future is not None and not future.done():
-            try:
-                future.set_result(json.loads(message.payload))
-            except ValueError as exc:
-                future.set_exception(ProtocolError(f"answer is not JSON: {exc}"))
+            future = self._pending.get(message.topic)
+            on_chunk = self._chunk_listeners.get(message.topic)
+        if future is None or future.done():
+            return
+        try:
+            data = json.loads(message.payload)
+        except ValueError as exc:
+            future.set_exception(ProtocolError(f"answer is not JSON: {exc}"))
+            return
+        if isinstance(data, dict) and data.get("type") == "chunk":  # a stream chunk: the answer is still to come
+            if on_chunk is not None:
+                on_chunk(data)
+            return
+        future.set_result(data)

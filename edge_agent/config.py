@@ -119,6 +119,19 @@ class EngineSection(Section):
                                                          "batching.py --out) to take step costs from instead.")
 
 
+class MetricsSection(Section):
+    enabled: bool = Field(False, description="Serve Prometheus metrics (edgemoa_*, docs/ecosystem.md).")
+    host: str = Field("127.0.0.1", min_length=1, description="Listen address of the /metrics endpoint "
+                                                             "(0.0.0.0 to let a Prometheus elsewhere scrape it).")
+    port: int = Field(9464, ge=0, le=65535, description="Port of the /metrics endpoint (0 = any free port).")
+
+
+class HomeAssistantSection(Section):
+    enabled: bool = Field(False, description="Publish a Home Assistant MQTT discovery config (retained).")
+    prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+                        description="Home Assistant's discovery prefix (its MQTT integration setting).")
+
+
 class AgentConfig(Section):
     agent: AgentSection
     mqtt: MqttSection = MqttSection()
@@ -126,6 +139,8 @@ class AgentConfig(Section):
     limits: LimitsSection = LimitsSection()
     queue: QueueSection = QueueSection()
     engine: EngineSection = EngineSection()
+    metrics: MetricsSection = MetricsSection()
+    home_assistant: HomeAssistantSection = HomeAssistantSection()
 
 
 def parse_config(data: dict, base_dir: Path | None = None) -> AgentConfig:
