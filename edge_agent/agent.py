@@ -10,6 +10,7 @@ inside its own guard: whatever it does, it costs that message alone.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import statistics
@@ -24,8 +25,10 @@ from .config import AgentConfig
 from .engine import ChatMessage, Engine, Generation, GenerationRequest
 from .engine.worker import InferenceWorker, Job
 from .errors import EdgeMoaError, InferenceError, ProtocolError, TooLargeError, TransportError
+from .ha_discovery import HA_ONLINE, discovery_payload, discovery_topic, ha_status_topic
 from .intake import Refusal, read_prompt
 from .journal import Journal, JournalEntry, UnreadableEntry
+from .metrics import AgentMetrics
 from .moa import Finish, LayerDone, MoaRun, MoaTimeouts, RunLocal, SendTask
 from .peers import PeerTable
 from .prompt_queue import QueuedTask
@@ -80,13 +83,15 @@ class Stream:
 
 class Agent:
     def __init__(self, *, config: AgentConfig, engine: Engine, journal: Journal, admission: Admission,
-                 worker: InferenceWorker, transport_factory: TransportFactory, rng: random.Random | None = None):
+                 worker: InferenceWorker, transport_factory: TransportFactory, metrics: AgentMetrics | None = None,
+                 rng: random.Random | None = None):
         self.config = config
         self.device = config.agent.device_id
         self.engine = engine
         self.journal = journal
         self.admission = admission
         self.worker = worker
+        self.metrics = metrics
         self.topics = Topics(config.mqtt.topic_root)
         self.peers = PeerTable(self.device, config.agent.peer_timeout_s)
         self.runs: dict[str, MoaRun] = {}
@@ -132,6 +137,8 @@ class Agent:
                                qos=self.config.mqtt.qos)
         for topic in (self.topics.prompt(self.device), self.topics.my_inbox(self.device), self.topics.all_status()):
             self.transport.subscribe(topic, self.config.mqtt.qos)
+        if self.config.home_assistant.enabled:
+            self.transport.subscribe(ha_status_topic(self.config.home_assistant.prefix), 1)
         await self._connect_with_retry()
         self._publish_status()
         self.replies.resend_unsent()
@@ -149,6 +156,8 @@ class Agent:
         self.transport.close()
         self.worker.close(timeout_s=0.5)
         self.journal.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def stop(self) -> None:
         if self._loop and self._stop:
@@ -184,6 +193,16 @@ class Agent:
     def _on_connection(self, up: bool) -> None:
         if up:
             self._guarded(self._publish_status)
+            self._guarded(self._publish_discovery)
+
+    def _publish_discovery(self) -> None:
+        """Home Assistant device discovery (retained), on every connect and when Home Assistant (re)starts."""
+        ha = self.config.home_assistant
+        if not ha.enabled or self.transport is None:
+            return
+        payload = discovery_payload(self.device, self.engine.model_id, __version__, self.topics.status(self.device))
+        self.transport.publish(discovery_topic(self.device, ha.prefix), json.dumps(payload).encode(), qos=1,
+                               retain=True)
 
     def _on_published(self, mid: int) -> None:
         self._guarded(lambda: self.replies.on_published(mid))
@@ -215,6 +234,9 @@ class Agent:
         """Handle a message; True when it is held (acknowledged later, when handled)."""
         parsed = self.topics.parse(message.topic)
         if parsed is None:
+            ha = self.config.home_assistant
+            if ha.enabled and message.topic == ha_status_topic(ha.prefix) and message.payload.strip() == HA_ONLINE:
+                self._publish_discovery()
             return False
         device, kind, extra = parsed
         if len(message.payload) > self.config.limits.max_payload_bytes:
@@ -281,11 +303,13 @@ class Agent:
         except (ProtocolError, TooLargeError) as exc:
             route = best_effort_route(message.payload, message.response_topic, message.correlation_data, answer_topic)
             log.warning("refused prompt (%s): %s; payload %r", exc.code, exc, message.payload[:200])
+            self._observe("observe_refusal", exc.code)
             if route:
                 self.replies.refuse(route, exc.code, str(exc))
             return
         except Refusal as refusal:
             log.warning("refused prompt %s: %s", refusal.route.request_id, refusal.message)
+            self._observe("observe_refusal", refusal.code)
             self.replies.refuse(refusal.route, refusal.code, refusal.message)
             return
         run = self._new_run(request, remaining_s=request.deadline_at - request.received_at)
@@ -378,6 +402,7 @@ class Agent:
                                     enqueued_at=time.monotonic()))
         else:
             log.info("refused task %s from %s: %s", task.task_id, task.sender, reason)
+            self._observe("observe_refusal", reason)
         ack = TaskAckMessage(sender=self.device, request_id=task.request_id, layer=task.layer, task_id=task.task_id,
                              accepted=reason is None, reason=reason, queue_length=len(self.admission.ledger),
                              eta_s=min(self._eta_s(), 86400.0))
@@ -426,6 +451,7 @@ class Agent:
         route = route_of(request)
         if finish.error is not None:
             self.counts["failed"] += 1
+            self._observe("observe_failure", finish.error.code)
             log.warning("request %s failed: %s", request.request_id, finish.error.message)
             self.replies.finish(route, error_payload(self.device, route, finish.error.code, finish.error.message))
             return
@@ -437,6 +463,7 @@ class Agent:
         )
         self.counts["answered"] += 1
         self._latencies.append(answer.latency_s)
+        self._observe("observe_answer", answer.latency_s, request.layers, request.proposers)
         log.info("answered %s in %.2fs (%d inferences)", request.request_id, answer.latency_s, answer.inferences)
         self.replies.finish(route, encode(answer))
 
@@ -473,6 +500,9 @@ class Agent:
         if self.admission.release(task.task_id) is None:
             return  # already settled
         self.counts["served"] += 1
+        self._observe("task_served", task.origin != self.device)
+        if isinstance(outcome, Generation):
+            self._observe("observe_inference", outcome.seconds, outcome.new_tokens, getattr(outcome, "batch_size", 1))
         try:
             self._complete(task, outcome)
         except Exception:  # noqa: BLE001
@@ -603,7 +633,22 @@ class Agent:
     def _publish_status(self) -> None:
         if self.transport is None:
             return
-        self.transport.publish(self.topics.status(self.device), encode(self.status()), qos=1, retain=True)
+        status = self.status()
+        self.transport.publish(self.topics.status(self.device), encode(status), qos=1, retain=True)
+        if self.metrics is not None:
+            rows = self.journal.counts()
+            self.metrics.set_state(queue_length=status.queue_length, queue_bytes=status.queue_bytes,
+                                   queue_cap_bytes=status.queue_cap_bytes, alpha_s=status.alpha_s,
+                                   peers_alive=len(self._alive()), journal_rows=rows["prompts"] + rows["stored_replies"],
+                                   memory_available_bytes=status.memory_available_bytes)
+
+    def _observe(self, method: str, *args) -> None:
+        """Metrics never decide anything: a failing observation is logged and forgotten."""
+        if self.metrics is not None:
+            try:
+                getattr(self.metrics, method)(*args)
+            except Exception:  # noqa: BLE001
+                log.exception("metrics %s failed", method)
 
 
 def route_of(request: UserRequest) -> ReplyRoute:

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     agent = sub.add_parser("agent", help="run this board's agent daemon")
     agent.add_argument("--config", required=True, type=Path, help="agent.toml")
+    agent.add_argument("--decommission", action="store_true",
+                       help="remove this agent from the mesh's view (its retained status and Home Assistant "
+                            "device) and exit")
     agent.set_defaults(func=cmd_agent)
 
     config = sub.add_parser("config", help="configuration tools")
@@ -125,9 +128,14 @@ def setup_logging(verbosity: int) -> None:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .node import run_agent
+    from .node import decommission, run_agent
 
-    run_agent(load_config(args.config))
+    config = load_config(args.config)
+    if args.decommission:
+        for topic in decommission(config):
+            print(f"removed retained {topic}")
+        return 0
+    run_agent(config)
     return 0
 
 

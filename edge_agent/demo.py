@@ -48,7 +48,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with broker, LocalMesh(args.agents, engine={"model": str(model_dir), "threads": args.threads},
                            moa={"max_new_tokens": args.max_new_tokens}, broker=broker,
-                           workdir=args.workdir, log_level="-v") as mesh:
+                           workdir=args.workdir, log_level="-v", metrics=args.serve) as mesh:
         print(f"ready in {time.monotonic() - started:.1f}s: {', '.join(mesh.devices)} (logs in {mesh.workdir})\n")
         with mesh.client() as client:
             for i, prompt in enumerate(args.prompts or SAMPLE_PROMPTS):
@@ -62,7 +62,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   f"  edge-moa ask --broker {broker.address} --device agent1 'Hello!'\n"
                   f"  mosquitto_rr -h {broker.host} -p {broker.port} -V 5 -t moa/v1/agent1/prompt "
                   f"-e moa/v1/agent1/answer/x -m 'Hello!'\n"
-                  f"  edge-moa status --broker {broker.address}\nCtrl-C stops it.", flush=True)
+                  f"  edge-moa status --broker {broker.address}", flush=True)
+            for device in mesh.devices:
+                print(f"  metrics of {device}: {mesh.metrics_url(device)}", flush=True)
+            print("Ctrl-C stops it.", flush=True)
             try:
                 while True:
                     time.sleep(3600)
