@@ -24,9 +24,9 @@ from .admission import Admission
 from .config import AgentConfig
 from .engine import ChatMessage, Engine, Generation, GenerationRequest
 from .engine.worker import InferenceWorker, Job
-from .errors import EdgeMoaError, InferenceError, ProtocolError, TooLargeError, TransportError
+from .errors import EdgeMoaError, InferenceError, ProtocolError, Refusal, TooLargeError, TransportError
 from .ha_discovery import HA_ONLINE, discovery_payload, discovery_topic, ha_status_topic
-from .intake import Refusal, read_prompt
+from .intake import read_prompt
 from .journal import Journal, JournalEntry, UnreadableEntry
 from .metrics import AgentMetrics
 from .moa import Finish, LayerDone, MoaRun, MoaTimeouts, RunLocal, SendTask
@@ -216,7 +216,7 @@ class Agent:
         except ProtocolError as exc:
             log.warning("bad message on %s: %s; payload %r", message.topic, exc, message.payload[:200])
             self._refuse_unreadable(message, exc.code, str(exc))
-        except Exception as exc:  # noqa: BLE001  # contained: the agent must outlive any input
+        except Exception as exc:  # contained: the agent must outlive any input
             log.warning("handling a message on %s failed: %r; payload %r", message.topic, exc, message.payload[:200],
                         exc_info=True)
             self._refuse_unreadable(message, "internal", f"the agent could not handle this message: {exc!r}"[:300])
@@ -227,7 +227,7 @@ class Agent:
     def _ack(self, message: RawMessage) -> None:
         try:
             self.transport.ack(message)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("acknowledging a message on %s failed", message.topic)
 
     def _route(self, message: RawMessage) -> bool:
@@ -262,7 +262,7 @@ class Agent:
                                       lambda rid: self.topics.answer(self.device, rid))
             if route is not None:
                 self.replies.refuse(route, code, text)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not send the error for a message on %s", message.topic)
 
     def _reject_oversized(self, kind: str, device: str, message: RawMessage) -> None:
@@ -292,7 +292,7 @@ class Agent:
                 self._execute(run, run.on_peer_gone(status.device, self._alive(), self.rng, time.monotonic()))
 
     def _on_prompt(self, message: RawMessage) -> None:
-        answer_topic = lambda rid: self.topics.answer(self.device, rid)  # noqa: E731
+        answer_topic = lambda rid: self.topics.answer(self.device, rid)
         try:
             request = read_prompt(message, device=self.device, topics=self.topics, moa=self.config.moa,
                                   limits=self.config.limits, received_at=time.time())
@@ -414,7 +414,7 @@ class Agent:
         for action in actions:
             try:
                 self._carry_out(run, action)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.exception("request %s: %s failed", run.request.request_id, type(action).__name__)
                 if run.request.request_id in self.runs and not isinstance(action, Finish):
                     run.finished = True
@@ -478,7 +478,7 @@ class Agent:
         on_delta = None
         stream = self._streams.get(task.request_id) if task.origin == self.device else None
         if stream is not None and task.layer > self.runs[task.request_id].request.layers:  # the final aggregation
-            on_delta = lambda text, rid=task.request_id, tid=task.task_id: hop(self._on_delta, rid, tid, text)  # noqa: E731
+            on_delta = lambda text, rid=task.request_id, tid=task.task_id: hop(self._on_delta, rid, tid, text)
         try:
             self.worker.submit(Job(key=task.task_id, request=task.generation,
                                    on_done=lambda outcome, task=task: hop(self._on_done, task, outcome),
@@ -505,7 +505,7 @@ class Agent:
             self._observe("observe_inference", outcome.seconds, outcome.new_tokens, getattr(outcome, "batch_size", 1))
         try:
             self._complete(task, outcome)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("completing task %s of %s failed", task.task_id, task.request_id)
 
     def _complete(self, task: QueuedTask, outcome: Generation | Exception) -> None:
@@ -536,7 +536,7 @@ class Agent:
         moa = self.config.moa
         cost = None
         if moa.peer_policy == "speed-aware":
-            cost = lambda device: self.peers.expected_wait_s(device, self.alpha_s or 1.0)  # noqa: E731
+            cost = lambda device: self.peers.expected_wait_s(device, self.alpha_s or 1.0)
         run = MoaRun(request=request, self_id=self.device, system_prompt=moa.system_prompt,
                      timeouts=self._timeouts, peer_cost=cost, peer_candidates=max(moa.peer_candidates, 1),
                      local_eta=self._local_eta_s, **progress)
@@ -554,7 +554,7 @@ class Agent:
         for run in list(self.runs.values()):
             try:
                 self._execute(run, run.on_tick(self._alive(), self.rng, now))
-            except Exception:  # noqa: BLE001  # one run's failure must not stop the others' clocks
+            except Exception:  # one run's failure must not stop the others' clocks
                 log.exception("tick of request %s failed", run.request.request_id)
         if now - self._last_prune > PRUNE_EVERY_S:
             self._last_prune = now
@@ -582,7 +582,7 @@ class Agent:
                     self._answer_unreadable(entry)
                 else:
                     self._resume(entry)
-            except Exception:  # noqa: BLE001  # one bad row must not keep the others from resuming
+            except Exception:  # one bad row must not keep the others from resuming
                 log.exception("resuming journaled request %s failed", getattr(entry, "request_id", "?"))
 
     def _resume(self, entry: JournalEntry) -> None:
@@ -647,7 +647,7 @@ class Agent:
         if self.metrics is not None:
             try:
                 getattr(self.metrics, method)(*args)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("metrics %s failed", method)
 
 

@@ -11,9 +11,14 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .broker_args import add_broker_args, broker_from_args
 from .errors import ConfigError, EdgeMoaError
 
 log = logging.getLogger("edge_agent")
+EX_CONFIG = 78  # sysexits.h: the agent's unit has RestartPreventExitStatus=78
+EPILOG = ("exit status: 0 success; 1 the command failed (the message says why and what to do); 2 usage error; "
+          "130 interrupted; `edge-moa agent` exits 78 when it refuses its configuration or model (systemd does not "
+          "restart it)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-moa", description="Distributed Mixture-of-Agents on edge boards.")
+    parser = argparse.ArgumentParser(prog="edge-moa", description="Distributed Mixture-of-Agents on edge boards.",
+                                     epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"edge-moa {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for payloads)")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -94,28 +100,6 @@ def _register_features(sub) -> None:
             print(f"warning: commands of {name} unavailable: {exc}", file=sys.stderr)
 
 
-def add_broker_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", default=os.environ.get("EDGE_MOA_BROKER", "127.0.0.1:1883"),
-                        help="HOST:PORT of a broker in the mesh (env EDGE_MOA_BROKER)")
-    parser.add_argument("--topic-root", default="moa/v1")
-    parser.add_argument("--mqtt-protocol", choices=["v5", "v311"], default="v5")
-    parser.add_argument("--username")
-    parser.add_argument("--password-file", type=Path)
-    parser.add_argument("--tls-ca-file", help="CA certificate (turns TLS on)")
-    parser.add_argument("--tls-cert-file", help="client certificate, for mutual TLS")
-    parser.add_argument("--tls-key-file", help="client key, for mutual TLS")
-
-
-def broker_from_args(args: argparse.Namespace):
-    from .transport import BrokerSettings, parse_broker_address
-
-    host, port = parse_broker_address(args.broker)
-    password = args.password_file.read_text().strip() if args.password_file else None
-    return BrokerSettings(host=host, port=port, protocol=args.mqtt_protocol, username=args.username,
-                          password=password, tls_ca_file=args.tls_ca_file, tls_cert_file=args.tls_cert_file,
-                          tls_key_file=args.tls_key_file)
-
-
 def setup_logging(verbosity: int) -> None:
     level = logging.WARNING - 10 * min(verbosity, 2) if verbosity else logging.INFO
     under_systemd = bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
@@ -130,20 +114,27 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from .config import load_config
     from .node import decommission, run_agent
 
-    config = load_config(args.config)
-    if args.decommission:
-        for topic in decommission(config):
-            print(f"removed retained {topic}")
-        return 0
-    run_agent(config)
+    try:
+        config = load_config(args.config)
+        if args.decommission:
+            for topic in decommission(config):
+                print(f"removed retained {topic}")
+            return 0
+        run_agent(config)
+    except ConfigError as exc:  # a refused configuration or model: tell systemd not to restart (errors.py)
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_CONFIG
     return 0
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import check_resources, load_config
 
     try:
         config = load_config(args.file)
+        problems = check_resources(config)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         for path, value, message in exc.problems:
             print(f"{args.file}: {path} = {value!r}: {message}", file=sys.stderr)

@@ -70,7 +70,7 @@ def test_metrics_and_home_assistant_from_agent_processes(broker, topic_root, tmp
         ha = Collector(broker, f"{prefix}/device/+/config")
         try:
             assert ha.wait(lambda: len({t for t, _, _ in ha.on(prefix)}) == 2), "no discovery config"
-            topic, payload, retained = ha.on(f"{prefix}/device/edgemoa_agent1/")[0]
+            _, payload, retained = ha.on(f"{prefix}/device/edgemoa_agent1/")[0]
             config = json.loads(payload)
             assert retained and config["state_topic"] == f"{topic_root}/agent1/status"
             queue = next(c for c in config["components"].values() if c["unique_id"].endswith("queue_length"))

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
+import tomllib
 
 from edge_agent.config import parse_config
 from edge_agent.errors import ConfigError
