@@ -6,7 +6,8 @@
     ├── TransportError      the broker could not be reached or refused us
     ├── QueueFullError      admission refused: the memory-aware cap is reached
     ├── InferenceError      the engine failed
-    │   └── TooLargeError   prompt plus generation budget exceed the model's context
+    │   ├── TooLargeError   prompt plus generation budget exceed the model's context
+    │   └── IncompatibleModelError  the built model cannot run exactly here: rebuild it (exit 78, not restarted)
     └── PeerTimeoutError    a peer (or the whole request) missed its deadline
 """
 
@@ -52,6 +53,15 @@ class InferenceError(EdgeMoaError):
 
 class TooLargeError(InferenceError):
     code = "too_large"
+
+
+class IncompatibleModelError(InferenceError):
+    """The model was built for another onnxruntime or CPU and its fast path does not apply here. Restarting
+    cannot help: the process exits with 78 (EX_CONFIG, sysexits.h), which the systemd unit lists in
+    RestartPreventExitStatus so that the board does not crash-loop."""
+
+    code = "incompatible_model"
+    exit_code = 78
 
 
 class PeerTimeoutError(EdgeMoaError):
