@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except EdgeMoaError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_code", 1)  # IncompatibleModelError: 78, which systemd does not restart
     except KeyboardInterrupt:
         return 130
 

@@ -6,7 +6,8 @@
     ├── TransportError      the broker could not be reached or refused us
     ├── Refusal             a prompt not accepted (queue_full, too_large, unavailable, ...): carries its route
     ├── InferenceError      the engine failed on a request
-    │   └── TooLargeError   prompt plus generation budget exceed the model's context
+    │   ├── TooLargeError   prompt plus generation budget exceed the model's context
+    │   └── IncompatibleModelError  the built model cannot run exactly here: rebuild it (exit 78, not restarted)
     ├── ModelBuildError     a model could not be fetched, converted, exported or verified
     └── PeerTimeoutError    an answer (or a peer's) did not come by its deadline
 
@@ -61,6 +62,15 @@ class InferenceError(EdgeMoaError):
 
 class TooLargeError(InferenceError):
     code = "too_large"
+
+
+class IncompatibleModelError(InferenceError):
+    """The model was built for another onnxruntime or CPU and its fast path does not apply here. Restarting
+    cannot help: the process exits with 78 (EX_CONFIG, sysexits.h), which the systemd unit lists in
+    RestartPreventExitStatus so that the board does not crash-loop."""
+
+    code = "incompatible_model"
+    exit_code = 78
 
 
 class ModelBuildError(EdgeMoaError):
