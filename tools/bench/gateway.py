@@ -107,7 +107,7 @@ def overhead(mesh: LocalMesh, gateway: Gateway, prompts: int, layers: int, propo
             via_mqtt.append(pair["mqtt"])
             via_http.append(pair["http"])
             diffs.append(pair["http"] - pair["mqtt"])
-    ms = lambda v: round(1000 * v, 2)  # noqa: E731
+    ms = lambda v: round(1000 * v, 2)
     return {"model": model, "prompts": prompts, "mqtt_p50_ms": ms(statistics.median(via_mqtt)),
             "http_p50_ms": ms(statistics.median(via_http)), "overhead_p50_ms": ms(statistics.median(diffs)),
             "overhead_p95_ms": ms(percentile(diffs, 0.95)),
