@@ -36,6 +36,9 @@ class AgentSection(Section):
     state_dir: Path = Field(Path("./state"), description="Where the journal (sqlite) lives.")
     heartbeat_s: float = Field(2.0, gt=0, description="Seconds between retained status messages.")
     peer_timeout_s: float = Field(10.0, gt=0, description="A peer not heard from for this long is not alive.")
+    answers_retention_s: float = Field(3600.0, ge=0, description="How long a finished answer is kept, so a "
+                                                                 "repeated request id gets it again.")
+    answers_kept: int = Field(10000, ge=0, description="At most this many finished answers are kept.")
 
 
 class MqttSection(Section):
@@ -100,8 +103,11 @@ class EngineSection(Section):
     threads: int = Field(0, ge=0, description="Inference threads (0 = all cores).")
     seed: int | None = Field(None, description="Sampling seed, for reproducible runs.")
     warmup: bool = Field(True, description="Run one short inference before going live.")
-    max_batch: int = Field(1, ge=1, le=16, description="Up to this many queued tasks served together in one "
-                                                        "decode when several wait (1 = off: the paper's FCFS).")
+    max_batch: int = Field(1, ge=1, le=16, description="Up to this many tasks decode together; a task joins "
+                                                        "the running batch at its next step (1 = off: the "
+                                                        "paper's FCFS).")
+    hang_timeout_s: float = Field(300.0, gt=0, description="An inference running longer than this means the engine "
+                                                            "hangs: the status says unhealthy, new work is refused.")
     huge_pages: bool = Field(True, description="Put the model's weights on transparent huge pages (Linux): "
                                                "20-30 % faster decode for 10 MB of memory.")
     synthetic_service_s: float = Field(1.0, gt=0, description="synthetic: mean service time in seconds.")
@@ -109,6 +115,8 @@ class EngineSection(Section):
     synthetic_kv_bytes_per_token: int = Field(4096, ge=0, description="synthetic: memory charged per token.")
     synthetic_batch_cost: float = Field(0.25, ge=0, le=1, description="synthetic: a batch of b takes "
                                                                       "service x (1 + cost x (b-1)).")
+    synthetic_batch_profile: str = Field("", description="synthetic: a batch profile JSON (tools/bench/"
+                                                         "batching.py --out) to take step costs from instead.")
 
 
 class MetricsSection(Section):

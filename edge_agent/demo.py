@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import time
 from pathlib import Path
 
@@ -32,11 +33,13 @@ def register(sub) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .artifact.store import resolve_model_dir
     from .mesh import LocalMesh
-    from .model.store import resolve_model_dir
     from .mosquitto import local_broker
 
     model_dir = resolve_model_dir(args.model)
+    # SIGTERM (a supervisor, `timeout`, a test harness) must tear the mesh down like Ctrl-C: no orphans.
+    signal.signal(signal.SIGTERM, _interrupt)
     logging.getLogger("edge_agent").setLevel(logging.WARNING)
     broker = local_broker(port=args.port)
     print(f"broker:  {broker.name} on {broker.address}")
@@ -66,6 +69,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 pass
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def describe_answer(answer: dict) -> str:

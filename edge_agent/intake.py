@@ -5,7 +5,7 @@ from __future__ import annotations
 from .config import LimitsSection, MoaSection
 from .protocol import ReplyRoute, UserRequest, check_publish_topic, new_id, parse_prompt_json
 from .topics import Topics
-from .transport import RawMessage
+from .transport_api import RawMessage
 
 
 class Refusal(Exception):
@@ -38,4 +38,5 @@ def read_prompt(message: RawMessage, *, device: str, topics: Topics, moa: MoaSec
         request_id=request_id, device=device, prompt=payload.prompt, reply_topic=reply_topic, correlation_data=corr,
         layers=layers, proposers=proposers, max_new_tokens=max_new,
         temperature=moa.temperature if payload.temperature is None else payload.temperature, received_at=received_at,
+        deadline_at=received_at + moa.request_timeout_s, stream=payload.stream,
     )

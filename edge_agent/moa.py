@@ -1,7 +1,8 @@
 """The MoA state of one prompt as pure code: which agents get which prompt in which layer, and what comes next.
 
 The agent loop feeds events in (`start`, `on_ack`, `on_result`, `on_tick`) and carries out the actions that
-come back (`SendTask`, `RunLocal`, `LayerDone`, `Finish`). No I/O, no clock, no randomness of its own.
+come back (`SendTask`, `RunLocal`, `LayerDone`, `Finish`). No I/O and no clock: time comes in as `now`, peer
+choice draws from the `rng` passed in; only task ids are fresh random ids.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class MoaRun:
     request_deadline: float | None = None
     peer_cost: Callable[[str], float] | None = None  # None: uniform choice (the paper); else lowest cost of d
     peer_candidates: int = 0
+    local_eta: Callable[[], float] | None = None  # when our own queue would finish a task sent now (seconds)
     _task_slots: dict[str, Slot] = field(default_factory=dict)
 
     @property
@@ -128,10 +130,10 @@ class MoaRun:
             actions.append(self._dispatch(Slot(device=device, task_id=new_id()), now))
         return actions
 
-    def on_ack(self, task_id: str, accepted: bool, reason: str | None, eta_s: float,
+    def on_ack(self, sender: str, task_id: str, accepted: bool, reason: str | None, eta_s: float,
                alive: Sequence[str], rng: random.Random, now: float) -> list[Action]:
-        slot = self._task_slots.get(task_id)
-        if slot is None or slot.task_id != task_id or slot.state != "waiting_ack":
+        slot = self._current_slot(sender, task_id)
+        if slot is None or slot.state != "waiting_ack" or self.finished:
             return []
         if accepted:
             slot.state = "running"
@@ -140,11 +142,11 @@ class MoaRun:
         self.dropped.append(TraceEntry(device=slot.device, outcome="busy", detail=reason))
         return self._move_or_fail(slot, alive, rng, now)
 
-    def on_result(self, task_id: str, text: str | None, error: ErrorBody | None, inference_s: float,
+    def on_result(self, sender: str, task_id: str, text: str | None, error: ErrorBody | None, inference_s: float,
                   alive: Sequence[str], rng: random.Random, now: float) -> list[Action]:
-        slot = self._task_slots.get(task_id)
+        slot = self._current_slot(sender, task_id)
         if slot is None or slot.state in ("done", "failed") or self.finished:
-            return []  # a late or duplicate result: the slot has moved on
+            return []  # late, duplicate, or from someone else: the slot has moved on
         if error is not None:
             if slot.device == self.self_id:
                 return self._finish_error(error)
@@ -167,12 +169,6 @@ class MoaRun:
                 actions += self._move_or_fail(slot, alive, rng, now)
         return actions
 
-    def next_deadline(self) -> float | None:
-        times = [s.deadline for s in self.slots if s.state in ("waiting_ack", "running") and s.deadline]
-        if self.request_deadline is not None:
-            times.append(self.request_deadline)
-        return min(times) if times else None
-
     def on_peer_gone(self, device: str, alive: Sequence[str], rng: random.Random, now: float) -> list[Action]:
         """A peer's will arrived: its slots move on now instead of waiting for their deadline."""
         actions: list[Action] = []
@@ -183,6 +179,13 @@ class MoaRun:
         return actions
 
     # -- internals --
+    def _current_slot(self, sender: str, task_id: str) -> Slot | None:
+        """The slot whose current task this is, if `sender` is the agent that task was sent to."""
+        slot = self._task_slots.get(task_id)
+        if slot is None or slot.task_id != task_id or slot.device != sender:
+            return None
+        return slot
+
     def _choose(self, alive: Sequence[str], k: int, rng: random.Random, exclude: set[str]) -> list[str]:
         return choose_peers(alive, k, rng, exclude=exclude, cost=self.peer_cost, candidates=self.peer_candidates)
 
@@ -199,7 +202,10 @@ class MoaRun:
         self._task_slots[slot.task_id] = slot
         task = self._task(slot.task_id)
         if slot.device == self.self_id:
-            slot.state, slot.deadline = "running", None  # our own queue: no ack, no deadline but the request's
+            # our own queue: no ack; a deadline as for a peer, so a hung engine cannot hold the request forever
+            eta = self.local_eta() if self.local_eta else None
+            slot.state = "running"
+            slot.deadline = None if eta is None else now + eta * self.timeouts.eta_factor + self.timeouts.grace_s
             return RunLocal(task=task)
         slot.state, slot.deadline = "waiting_ack", now + self.timeouts.ack_s
         return SendTask(device=slot.device, task=task)
@@ -224,6 +230,12 @@ class MoaRun:
             requested=1 if self.aggregating else self.request.proposers + 1,
         ))
         inferences = sum(len(t.answered) for t in self.trace)
+        if not answered:  # every slot failed: nothing to go on with
+            last = self.dropped[-1].outcome if self.dropped else "error"
+            code = "timeout" if last.endswith("timeout") else "no_peers" if last in ("busy", "unreachable") else \
+                "inference_failed"
+            return self._finish_error(ErrorBody(code=code, message=f"no agent answered layer {self.layer} "
+                                                                   f"(last: {last})"))
         if self.aggregating:
             self.finished = True
             return [Finish(response=answered[0].answer or "", inferences=inferences, trace=tuple(self.trace))]

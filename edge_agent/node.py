@@ -8,9 +8,11 @@ import signal
 import time
 from functools import partial
 
+from .admission import Admission
 from .agent import Agent
 from .config import AgentConfig, MqttSection
 from .engine import create_engine
+from .engine.worker import InferenceWorker
 from .errors import ConfigError
 from .journal import Journal
 from .memory import MemoryProbe
@@ -46,11 +48,19 @@ def build_agent(config: AgentConfig) -> Agent:
     if config.engine.warmup:
         engine.warm_up()
     log.info("engine %s ready in %.1fs", engine.model_id, time.perf_counter() - started)
-    journal = Journal(config.agent.state_dir / f"{config.agent.device_id}.journal.sqlite")
     return Agent(
-        config=config, engine=engine, journal=journal, memory=MemoryProbe(config.queue.memory_limit_mb),
+        config=config, engine=engine, journal=open_journal(config),
+        admission=Admission(queue=config.queue, memory=MemoryProbe(config.queue.memory_limit_mb),
+                            kv_bytes_per_token=engine.kv_bytes_per_token,
+                            row_charge=getattr(engine, "row_charge_bytes", None)),
+        worker=InferenceWorker(engine, max_batch=config.engine.max_batch),
         transport_factory=partial(PahoTransport, settings),
     )
+
+
+def open_journal(config: AgentConfig) -> Journal:
+    return Journal(config.agent.state_dir / f"{config.agent.device_id}.journal.sqlite",
+                   retention_s=config.agent.answers_retention_s, keep=config.agent.answers_kept)
 
 
 def run_agent(config: AgentConfig) -> None:

@@ -70,11 +70,6 @@ class PeerTable:
     def alive(self, now: float) -> list[str]:
         return sorted(device for device, info in self._peers.items() if self._is_alive(info, now))
 
-    def get(self, device: str) -> PeerInfo | None:
-        return self._peers.get(device)
-
-    def all(self) -> dict[str, PeerInfo]:
-        return dict(self._peers)
-
     def _is_alive(self, info: PeerInfo, now: float) -> bool:
-        return info.status.online and now - info.seen_at <= self.timeout_s
+        """Online, heard from lately, and not saying its engine hangs."""
+        return info.status.online and info.status.healthy is not False and now - info.seen_at <= self.timeout_s

@@ -1,8 +1,11 @@
-"""One FCFS queue of inference tasks per agent (own prompts and peers' tasks together, as in the paper)."""
+"""The agent's ledger of inference tasks in the system (own prompts' and peers' together, as in the paper).
+
+The inference worker keeps them in FCFS order; this ledger keeps what admission needs: how many tasks and how
+many bytes are charged until each is released, whatever becomes of it.
+"""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -28,38 +31,30 @@ def admit(queued_bytes: int, queued_tasks: int, charge_bytes: int, cap_bytes: in
 
 
 class PromptQueue:
-    """FCFS; `bytes` counts queued tasks and the one in service until it is `release`d."""
+    """Tasks in the system (waiting or in service) and the bytes they are charged, until `release`d."""
 
     def __init__(self) -> None:
-        self._tasks: deque[QueuedTask] = deque()
-        self._in_service: dict[str, QueuedTask] = {}
+        self._tasks: dict[str, QueuedTask] = {}
         self.bytes = 0
 
-    def push(self, task: QueuedTask) -> None:
-        self._tasks.append(task)
+    def add(self, task: QueuedTask) -> None:
+        if task.task_id in self._tasks:
+            raise ValueError(f"task {task.task_id} is already queued")
+        self._tasks[task.task_id] = task
         self.bytes += task.charge_bytes
 
-    def pop(self) -> QueuedTask:
-        task = self._tasks.popleft()
-        self._in_service[task.task_id] = task
-        return task
-
-    def release(self, task_id: str) -> None:
-        task = self._in_service.pop(task_id, None)
+    def release(self, task_id: str) -> QueuedTask | None:
+        """Give back a task's charge; None when it was not (or no longer) queued, so a release counts once."""
+        task = self._tasks.pop(task_id, None)
         if task is not None:
             self.bytes -= task.charge_bytes
+        return task
 
-    @property
-    def waiting(self) -> int:
-        return len(self._tasks)
-
-    @property
-    def in_service(self) -> int:
-        return len(self._in_service)
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._tasks
 
     def __len__(self) -> int:
-        """Tasks in the system: waiting plus in service."""
-        return len(self._tasks) + len(self._in_service)
+        return len(self._tasks)
 
     def __iter__(self) -> Iterator[QueuedTask]:
-        return iter(self._tasks)
+        return iter(list(self._tasks.values()))

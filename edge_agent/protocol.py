@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -24,7 +24,14 @@ def new_id() -> str:
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and Infinity (which Python's json accepts) never pass: a deadline computed from them never ends.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+# Bounds for numbers from the wire: generous for any real board, finite for every computation made with them.
+Seconds = Annotated[float, Field(ge=0, le=86400)]
+Count = Annotated[int, Field(ge=0, le=10**7)]
+Bytes = Annotated[int, Field(ge=0, le=2**50)]
 
 
 # ---------------------------------------------------------------- public: prompts from user apps
@@ -36,10 +43,11 @@ class PromptPayload(Frozen):
     prompt: str = Field(min_length=1)
     request_id: RequestId | None = None
     reply_to: str | None = Field(None, min_length=1, max_length=512)
-    max_new_tokens: int | None = Field(None, ge=1)
-    layers: int | None = Field(None, ge=0)
-    proposers: int | None = Field(None, ge=0)
+    max_new_tokens: int | None = Field(None, ge=1, le=10**6)
+    layers: int | None = Field(None, ge=0, le=1000)
+    proposers: int | None = Field(None, ge=0, le=1000)
     temperature: float | None = Field(None, ge=0, le=2)
+    stream: bool = False  # chunks of the final aggregation before the answer (docs/protocol.md, Streaming)
 
 
 class UserRequest(Frozen):
@@ -55,6 +63,8 @@ class UserRequest(Frozen):
     max_new_tokens: int
     temperature: float
     received_at: float  # wall clock, for latency across restarts
+    deadline_at: float | None = None  # wall clock; None in rows of older versions (then received_at + timeout)
+    stream: bool = False
 
 
 class ReplyRoute(Frozen):
@@ -68,6 +78,15 @@ def check_publish_topic(topic: str) -> None:
         raise ProtocolError(f"reply topic {topic[:80]!r} is not a valid topic to publish to")
 
 
+def load_json(payload: bytes | str, what: str):
+    """json.loads that turns every failure into a ProtocolError, including the RecursionError Python's parser
+    raises on deeply nested input, so one hostile payload costs one refusal and nothing else."""
+    try:
+        return json.loads(payload)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"{what} is not valid JSON: {getattr(exc, 'msg', exc)}") from None
+
+
 def parse_prompt_json(payload: bytes) -> PromptPayload:
     """Decode a prompt payload: a JSON object, or else plain UTF-8 text."""
     try:
@@ -79,10 +98,7 @@ def parse_prompt_json(payload: bytes) -> PromptPayload:
         raise ProtocolError("prompt is empty")
     if not stripped.startswith("{"):
         return PromptPayload(prompt=text)
-    try:
-        data = json.loads(stripped)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"prompt payload starts with '{{' but is not valid JSON: {exc.msg}") from None
+    data = load_json(stripped, "prompt payload (it starts with '{')")
     try:
         return PromptPayload.model_validate(data)
     except ValidationError as exc:
@@ -95,12 +111,12 @@ def best_effort_route(payload: bytes, response_topic: str | None, correlation: b
     request_id = None
     reply_to = None
     try:
-        data = json.loads(payload.decode("utf-8"))
+        data = load_json(payload, "payload")
         if isinstance(data, dict):
             rid = data.get("request_id")
             request_id = rid if isinstance(rid, str) and _REQUEST_ID.match(rid) else None
             reply_to = data.get("reply_to") if isinstance(data.get("reply_to"), str) else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ProtocolError):
         pass
     request_id = request_id or new_id()[:16]
     corr = correlation.hex() if correlation else None
@@ -130,7 +146,7 @@ def describe_validation(exc: ValidationError) -> str:
 class TraceEntry(Frozen):
     device: str
     outcome: Literal["ok", "busy", "ack_timeout", "result_timeout", "error", "unreachable"]
-    inference_s: float | None = None
+    inference_s: Seconds | None = None
     detail: str | None = None
 
 
@@ -143,6 +159,7 @@ class LayerTrace(Frozen):
 
 
 class Answer(Frozen):
+    type: Literal["answer"] = "answer"
     request_id: str
     device: str
     response: str
@@ -164,26 +181,38 @@ class ErrorAnswer(Frozen):
     error: ErrorBody
 
 
+class Chunk(Frozen):
+    """A piece of a streamed final aggregation (`"stream": true`), before the one answer."""
+
+    type: Literal["chunk"] = "chunk"
+    request_id: str
+    index: int
+    delta: str
+
+
 class Status(Frozen):
+    # Newer agents may add fields: ignore them (a status is read by every version in the mesh).
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
     v: int = PROTOCOL_VERSION
     type: Literal["status"] = "status"
-    device: str
+    device: DeviceId
     online: bool
-    model_id: str | None = None
-    alpha_s: float | None = None
-    queue_length: int | None = None
-    queue_bytes: int | None = None
-    queue_cap_bytes: int | None = None
-    memory_available_bytes: int | None = None
+    model_id: str | None = Field(None, max_length=128)
+    alpha_s: Seconds | None = None
+    queue_length: Count | None = None
+    queue_bytes: Bytes | None = None
+    queue_cap_bytes: Bytes | None = None
+    memory_available_bytes: Bytes | None = None
     busy: bool | None = None
-    version: str | None = None
-    uptime_s: float | None = None
-    heartbeat_s: float | None = None
-    answered: int | None = None  # own users' prompts answered since start
-    failed: int | None = None  # own users' prompts that got an error
-    served: int | None = None  # inferences run (own and peers')
-    latency_p50_s: float | None = None  # over the last 100 answers to own users
-    sent_at: float | None = None  # sender's wall clock
+    healthy: bool | None = None  # False: its engine hangs; it refuses new work until it recovers
+    version: str | None = Field(None, max_length=64)
+    uptime_s: Annotated[float, Field(ge=0, le=10**10)] | None = None
+    heartbeat_s: Seconds | None = None
+    answered: Count | None = None  # own users' prompts answered since start
+    failed: Count | None = None  # own users' prompts that got an error
+    served: Count | None = None  # inferences run (own and peers')
+    latency_p50_s: Seconds | None = None  # over the last 100 answers to own users
+    sent_at: Annotated[float, Field(ge=0, le=10**11)] | None = None  # sender's wall clock
 
 
 # ---------------------------------------------------------------- internal: agent to agent
@@ -198,32 +227,32 @@ class InternalMessage(Frozen):
     v: Literal[1] = PROTOCOL_VERSION
     msg_id: str = Field(default_factory=new_id, min_length=8, max_length=64)
     sender: DeviceId
-    request_id: str = Field(min_length=1, max_length=64)
-    layer: int = Field(ge=1)
+    request_id: RequestId
+    layer: int = Field(ge=1, le=1001)
     task_id: str = Field(min_length=8, max_length=64)  # the correlation id of task -> ack -> result
 
 
 class TaskMessage(InternalMessage):
     type: Literal["task"] = "task"
-    messages: list[WireChatMessage] = Field(min_length=1)
-    max_new_tokens: int = Field(ge=1)
+    messages: list[WireChatMessage] = Field(min_length=1, max_length=8)
+    max_new_tokens: int = Field(ge=1, le=10**6)
     temperature: float = Field(ge=0, le=2)
 
 
 class TaskAckMessage(InternalMessage):
     type: Literal["task_ack"] = "task_ack"
     accepted: bool
-    reason: str | None = None  # busy | too_large | invalid_request, when refused
-    queue_length: int = 0
-    eta_s: float = 0.0  # the proposer's estimate of when the result will be ready
+    reason: Literal["busy", "too_large", "invalid_request", "unhealthy"] | None = None  # when refused
+    queue_length: Count = 0
+    eta_s: Seconds = 0.0  # the proposer's estimate of when the result will be ready
 
 
 class ResultMessage(InternalMessage):
     type: Literal["result"] = "result"
     text: str | None = None
     error: ErrorBody | None = None
-    inference_s: float = 0.0
-    new_tokens: int = 0
+    inference_s: Seconds = 0.0
+    new_tokens: Count = 0
 
 
 Internal = Annotated[TaskMessage | TaskAckMessage | ResultMessage, Field(discriminator="type")]
@@ -232,9 +261,9 @@ _INTERNAL = TypeAdapter(Internal)
 
 def decode_internal(payload: bytes) -> TaskMessage | TaskAckMessage | ResultMessage:
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"internal message is not JSON: {exc}") from None
+        data = load_json(payload, "internal message")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"internal message is not UTF-8: {exc}") from None
     if isinstance(data, dict) and data.get("v") not in (None, PROTOCOL_VERSION):
         raise ProtocolError(f"protocol version {data.get('v')!r} not supported", code="unsupported_version")
     try:
@@ -245,7 +274,11 @@ def decode_internal(payload: bytes) -> TaskMessage | TaskAckMessage | ResultMess
 
 def decode_status(payload: bytes) -> Status:
     try:
-        return Status.model_validate_json(payload)
+        data = load_json(payload, "status")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"status is not UTF-8: {exc}") from None
+    try:
+        return Status.model_validate(data)
     except ValidationError as exc:
         raise ProtocolError(describe_validation(exc)) from None
 
@@ -253,6 +286,3 @@ def decode_status(payload: bytes) -> Status:
 def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(exclude_none=True).encode("utf-8")
 
-
-def encode_dict(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode("utf-8")

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from .config import DEVICE_ID_PATTERN
+from .errors import ProtocolError
 
 _DEVICE = re.compile(DEVICE_ID_PATTERN)
 
@@ -31,6 +32,9 @@ class Topics:
 
     # -- internal: agent-to-agent. The sender's id is the last level so a broker ACL can pin it to the user name.
     def inbox(self, device: str, sender: str) -> str:
+        for name in (device, sender):
+            if not _DEVICE.match(name):  # never let a wire value become a wildcard or an extra level
+                raise ProtocolError(f"device id {name[:80]!r} is not a valid device id")
         return f"{self.root}/{device}/inbox/{sender}"
 
     def my_inbox(self, device: str) -> str:
@@ -51,6 +55,3 @@ class Topics:
             return parts[0], parts[1], parts[2]
         return None
 
-
-def valid_device_id(device: str) -> bool:
-    return bool(_DEVICE.match(device))

@@ -15,25 +15,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .errors import TransportError
+from .transport_api import PublishedHandler, RawMessage, Will
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RawMessage:
-    topic: str
-    payload: bytes
-    retain: bool = False
-    response_topic: str | None = None  # MQTT v5 Response Topic property
-    correlation_data: bytes | None = None  # MQTT v5 Correlation Data property
-
-
-@dataclass(frozen=True)
-class Will:
-    topic: str
-    payload: bytes
-    retain: bool = True
-    qos: int = 1
+__all__ = ["BrokerSettings", "PahoTransport", "RawMessage", "Will", "parse_broker_address"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +49,9 @@ def parse_broker_address(address: str) -> tuple[str, int]:
 class PahoTransport:
     """A paho-mqtt 2.x client with TCP_NODELAY, clean reconnects and re-subscription on every connect.
 
-    `on_message` and `on_connection` run on paho's network thread: they must only hand the value over
-    (e.g. with `loop.call_soon_threadsafe`).
+    `on_message`, `on_connection` and `on_published` run on paho's network thread: they must only hand the value
+    over (e.g. with `loop.call_soon_threadsafe`). With `manual_ack` a received QoS 1 message is acknowledged to
+    the broker only by `ack(message)`, so a receiver that dies before it journaled the message gets it again.
     """
 
     def __init__(
@@ -75,23 +61,28 @@ class PahoTransport:
         client_id: str,
         on_message: Callable[[RawMessage], None],
         on_connection: Callable[[bool], None] | None = None,
+        on_published: PublishedHandler | None = None,
         will: Will | None = None,
+        manual_ack: bool = False,
     ):
         self.settings = settings
         self._v5 = settings.protocol == "v5"
         self._on_message = on_message
         self._on_connection = on_connection or (lambda connected: None)
+        self._on_published = on_published or (lambda mid: None)
+        self._manual_ack = manual_ack
         self._subscriptions: dict[str, int] = {}
         self._connected = threading.Event()
         self._refused: str | None = None
         self._closing = False
         persistent = settings.session_expiry_s > 0
         if self._v5:
-            self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+            self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
+                                       manual_ack=manual_ack)
         else:
             self._client = paho.Client(
                 CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
-                clean_session=not persistent,
+                clean_session=not persistent, manual_ack=manual_ack,
             )
         self._persistent = persistent
         self._client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(settings.reconnect_max_s)))
@@ -109,6 +100,7 @@ class PahoTransport:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_publish = self._handle_publish
 
     # -- lifecycle --
     def connect(self, timeout_s: float = 10.0) -> None:
@@ -141,13 +133,6 @@ class PahoTransport:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def abort(self) -> None:
-        """Drop the socket without DISCONNECT, so the broker publishes our will (used by tests)."""
-        sock = self._client.socket()
-        self._client.loop_stop()
-        if sock:
-            sock.close()
-
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -167,7 +152,8 @@ class PahoTransport:
         retain: bool = False,
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
-    ) -> None:
+    ) -> int:
+        """Queue a publish; returns its id, which `on_published` reports when the broker acknowledged it."""
         properties = None
         if self._v5 and (response_topic or correlation_data):
             properties = Properties(PacketTypes.PUBLISH)
@@ -179,6 +165,12 @@ class PahoTransport:
         # NO_CONN is fine: paho keeps QoS>0 messages and sends them after the reconnect.
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        return info.mid
+
+    def ack(self, message: RawMessage) -> None:
+        """Acknowledge a received QoS 1 message (manual_ack mode); a no-op otherwise."""
+        if self._manual_ack and message.qos > 0:
+            self._client.ack(message.mid, message.qos)
 
     # -- paho callbacks (network thread) --
     def _handle_socket_open(self, client, userdata, sock) -> None:
@@ -215,6 +207,10 @@ class PahoTransport:
         self._on_message(
             RawMessage(
                 topic=message.topic, payload=bytes(message.payload), retain=bool(message.retain),
-                response_topic=response_topic, correlation_data=correlation,
+                response_topic=response_topic, correlation_data=correlation, qos=message.qos, mid=message.mid,
+                dup=bool(message.dup),
             )
         )
+
+    def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._on_published(mid)

@@ -24,8 +24,8 @@ def tiny_eos_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The built default model (smollm2-135m-instruct); skips when it is not built."""
+    from edge_agent.artifact.store import is_built, model_dir_for
     from edge_agent.config import DEFAULT_MODEL
-    from edge_agent.model.store import is_built, model_dir_for
 
     path = model_dir_for(DEFAULT_MODEL)
     if not is_built(path):

@@ -15,8 +15,12 @@ __all__ = ["ChatMessage", "Engine", "Generation", "GenerationRequest", "create_e
 def create_engine(section: EngineSection) -> Engine:
     """Build the configured engine (loading is slow: do it before connecting to the broker)."""
     if section.kind == "synthetic":
+        from .batch_profile import BatchProfile
         from .synthetic import SyntheticEngine
 
+        profile = (
+            BatchProfile.read(section.synthetic_batch_profile) if section.synthetic_batch_profile else None
+        )
         return SyntheticEngine(
             service_s=section.synthetic_service_s,
             distribution=section.synthetic_distribution,
@@ -24,9 +28,15 @@ def create_engine(section: EngineSection) -> Engine:
             kv_bytes_per_token=section.synthetic_kv_bytes_per_token,
             max_batch=section.max_batch,
             batch_cost=section.synthetic_batch_cost,
+            batch_profile=profile,
         )
-    from ..model.store import resolve_model_dir
+    from ..artifact.store import resolve_model_dir
     from .onnx import OnnxEngine
 
-    return OnnxEngine(resolve_model_dir(section.model), threads=section.threads, seed=section.seed,
-                      max_batch=section.max_batch, huge_pages=section.huge_pages)
+    return OnnxEngine(
+        resolve_model_dir(section.model),
+        threads=section.threads,
+        seed=section.seed,
+        max_batch=section.max_batch,
+        huge_pages=section.huge_pages,
+    )

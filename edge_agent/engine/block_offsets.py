@@ -32,15 +32,6 @@ _CHUNK = 1 << 20  # bytes of memory compared at once
 _GROUP = 16  # the kernel keeps BlkSum for 16 output columns together: [N/16][blocks][16]
 
 
-def write_block_offsets(path: Path, weights: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-    """Save (d float16 [N, blocks], z uint8 [N, blocks], m float16 [N, blocks]) per patched weight."""
-    arrays = {}
-    for index, (d, z, m) in enumerate(weights):
-        arrays[f"{index}.d"], arrays[f"{index}.z"], arrays[f"{index}.m"] = d, z, m
-    with open(path, "wb") as file:
-        np.savez(file, **arrays)
-
-
 def _blksum_order(rows: int, blocks: int) -> np.ndarray:
     """Where BlkSum[n, b] sits in the kernel's flat array (rows padded to a multiple of 16)."""
     n = np.arange(rows)[:, None]

@@ -1,41 +1,44 @@
 """The board's engine: a built model directory run by a plain ONNX Runtime prefill + decode loop.
 
-Only this module imports onnxruntime. Graphs from onnxruntime-genai's builder (and the tiny test model) use
-GroupQueryAttention, which lets past and present KV share one preallocated buffer: each step then writes only the
-new token's keys and values in place instead of copying the whole cache (DESIGN.md sec. 6: 60 -> 84 tok/s).
-Other graphs (e.g. optimum exports) get the classic loop that feeds each step's present back as the next past.
+Graphs from onnxruntime-genai's builder (and the tiny test model) use GroupQueryAttention, which lets past and
+present KV share one preallocated buffer: each step then writes only the new token's keys and values in place
+instead of copying the whole cache (DESIGN.md sec. 6: 60 -> 84 tok/s), and rows of that buffer are decoded
+together (continuous batching, batch.py). Other graphs (e.g. optimum exports) get the classic loop that feeds
+each step's present back as the next past, one request at a time.
 
-`generate_batch` decodes up to `max_batch` requests together (DESIGN.md sec. 4: b tasks in about alpha(b) instead
-of b * alpha): each prompt is prefilled alone into its row of a (b, kv_heads, capacity, head_dim) buffer, then
-one decode step per token serves every row, each row's length carried by its own attention_mask row.
+Modules: session.py (onnxruntime, its errors), kv_cache.py (buffers and bindings), batch.py (who decodes in which
+step), generation.py (sampling, stop rules, streamed text); this one turns requests into sequences and back.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from ..artifact.chat_template import ChatTemplate
+from ..artifact.manifest import Manifest, read_manifest
 from ..errors import InferenceError, TooLargeError
-from ..model.chat_template import ChatTemplate
-from ..model.manifest import Manifest, read_manifest
 from .base import ChatMessage, Generation, GenerationRequest
+from .batch import ContinuousBatch
 from .block_offsets import patch_block_minimums
+from .embeddings import MappedEmbeddings
+from .generation import Sequence, TextStream, final_text, sample_next
+from .kv_cache import ConcatKvCache, RowKvCache, round_capacity
 from .process_memory import release_file_pages, return_freed_heap, weights_on_huge_pages
+from .session import Graph, create_session, runtime_errors
+
+__all__ = ["OnnxEngine", "Timing", "create_session", "sample_next"]
 
 log = logging.getLogger(__name__)
 _LOADING = threading.Lock()
-
-_NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-# generate_batch drops finished rows from the batch when the longest live row has at least this many steps left
-_COMPACT_MIN_STEPS = 8
+PREFILL_CHUNK = 64  # tokens of a newcomer's prompt run per step: what it can stall the decoding rows for
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,9 @@ class Timing:
 
 
 class OnnxEngine:
-    """One loaded model. `generate` must run on one thread at a time (the agent's inference thread)."""
+    """One loaded model. Generation must run on one thread at a time (the agent's inference thread)."""
+
+    streams = True  # generate(request, on_delta) hands the text over a few tokens at a time
 
     def __init__(
         self,
@@ -60,21 +65,25 @@ class OnnxEngine:
         share_kv_buffer: bool | None = None,
         max_batch: int = 4,
         huge_pages: bool = True,
+        prefill_chunk: int = PREFILL_CHUNK,
     ):
         """`share_kv_buffer=None` follows the manifest; False forces the copying loop (for comparisons).
         `huge_pages`: back the loaded weights with transparent huge pages (Linux; process_memory.py says why).
 
-        `max_batch`: the most requests `generate_batch` decodes together (1 disables batching). Graphs without the
-        shared KV buffer always run one request at a time (their max_batch is 1).
+        `max_batch`: the most requests decoded together (1 disables batching). Graphs without the shared KV
+        buffer always run one request at a time (their max_batch is 1).
         """
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be an integer >= 1, not {max_batch!r}")
+        if prefill_chunk < 2:
+            raise ValueError(f"prefill_chunk must be at least 2 tokens, not {prefill_chunk!r}")
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.model_dir)
         self.model_id = self.manifest.name
         self.context_length = self.manifest.context_length
         self.kv_bytes_per_token = self.manifest.kv_bytes_per_token
         self.threads = threads
+        self.prefill_chunk = prefill_chunk
         self.last_timing: Timing | None = None
         self._rng = np.random.default_rng(seed)
         self._eos = frozenset(self.manifest.eos_token_ids)
@@ -84,11 +93,11 @@ class OnnxEngine:
         # the session first: its loading transient (weights read, then prepacked) peaks before the tokenizer
         # adds its own; what both freed goes back to the system (peak RSS, issue 3)
         with _LOADING:  # one load at a time: a patch must meet its own session's buffers, not another's
-            self._session = create_session(self.model_dir / self.manifest.graph, threads)
+            session = create_session(self.model_dir / self.manifest.graph, threads)
             if self.manifest.block_offsets:  # before anything runs: the graph alone has approximate offsets
                 patch_block_minimums(self.model_dir / self.manifest.block_offsets)
-        self._embeddings = (
-            _MappedEmbeddings(self.model_dir, self.manifest.embeddings) if self.manifest.embeddings else None
+        embeddings = (
+            MappedEmbeddings(self.model_dir, self.manifest.embeddings) if self.manifest.embeddings else None
         )
         release_file_pages(self.model_dir)
         try:
@@ -98,28 +107,17 @@ class OnnxEngine:
         return_freed_heap()
         if huge_pages:
             weights_on_huge_pages()
-        names = {i.name: i for i in self._session.get_inputs()}
-        self._past_names = [
-            (f"past_key_values.{i}.key", f"past_key_values.{i}.value")
-            for i in range(self.manifest.kv.num_layers)
-        ]
-        self._present_names = [
-            (f"present.{i}.key", f"present.{i}.value") for i in range(self.manifest.kv.num_layers)
-        ]
-        self._tokens_name = "inputs_embeds" if self._embeddings else "input_ids"
-        missing = [n for pair in self._past_names for n in pair if n not in names]
-        if missing or self._tokens_name not in names:
-            raise InferenceError(f"{self.model_dir}: the graph lacks inputs {missing or [self._tokens_name]}")
-        self._kv_dtype = _NUMPY_DTYPES.get(names[self._past_names[0][0]].type, np.float32)
-        self._has_position_ids = "position_ids" in names
-        self._has_attention_mask = "attention_mask" in names
+        try:
+            self._graph = Graph(session, self.manifest.kv.num_layers, embeddings.rows if embeddings else None)
+        except InferenceError as exc:
+            raise InferenceError(f"{self.model_dir}: {exc}") from None
         self._share_buffer = (
             self.manifest.past_present_share_buffer if share_kv_buffer is None else share_kv_buffer
         )
         self._stop_strings = tuple(self.manifest.stop_strings)
         # batched decode needs GQA's per-row lengths (seqlens_k from attention_mask) and the in-place buffer
-        self.max_batch = max_batch if self._share_buffer and self._has_attention_mask else 1
-        self._pad_id = min(self._eos) if self._eos else 0
+        self.continuous = self._share_buffer and self._graph.has_attention_mask
+        self.max_batch = max_batch if self.continuous else 1
         self._lock = threading.Lock()
         log.info(
             "loaded %s from %s (%s, %d threads, shared KV buffer: %s, max batch %d)",
@@ -130,10 +128,6 @@ class OnnxEngine:
             self._share_buffer,
             self.max_batch,
         )
-
-    def _tokens_input(self, ids: np.ndarray) -> np.ndarray:
-        """What the graph takes for token ids (batch, seq): the ids, or their rows of the mapped table."""
-        return self._embeddings.rows(ids) if self._embeddings else ids
 
     # -- text <-> tokens -------------------------------------------------------------------------------------
 
@@ -149,22 +143,32 @@ class OnnxEngine:
     def count_prompt_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
         return len(self.encode(self.render_prompt(messages)))
 
+    def row_charge_bytes(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """What one request holds while it decodes: its KV slots (the buffer grows in steps of 128 slots and
+        every row of a batch is as long as its longest row) plus its logits row."""
+        vocab_bytes = 4 * self._tokenizer.get_vocab_size()
+        return round_capacity(prompt_tokens + max_new_tokens) * self.kv_bytes_per_token + vocab_bytes
+
     # -- generation ------------------------------------------------------------------------------------------
 
-    def generate(self, request: GenerationRequest) -> Generation:
+    def generate(
+        self, request: GenerationRequest, on_delta: Callable[[str], None] | None = None
+    ) -> Generation:
+        """One request; `on_delta(text)` (optional, called on this thread) gets the answer as it is decoded, in
+        pieces that join to the returned text."""
         started = time.perf_counter()
-        prompt_ids = self.encode(self.render_prompt(request.messages))
-        new_ids = self.generate_ids(
-            prompt_ids,
-            max_new_tokens=request.max_new_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            seed=request.seed,
-        )
+        prompt_ids = self._prompt_ids(request.messages)
+        self._check(prompt_ids, request.max_new_tokens)
+        stream = TextStream(self.decode, self._stop_strings, on_delta) if on_delta is not None else None
+        seq = self._sequence(request, prompt_ids, stream=stream)
+        self._run_alone(seq)
+        text = self._text(seq.out)
+        if stream is not None:
+            stream.finish(text)
         return Generation(
-            text=self._text(new_ids),
+            text=text,
             prompt_tokens=len(prompt_ids),
-            new_tokens=len(new_ids),
+            new_tokens=len(seq.out),
             seconds=time.perf_counter() - started,
         )
 
@@ -173,128 +177,41 @@ class OnnxEngine:
     ) -> list[Generation | Exception]:
         """One result per request, in order: its Generation, or the InferenceError / TooLargeError it raised.
 
-        Valid requests are decoded together, `max_batch` at a time (a longer list runs in successive batches).
-        Each row stops at its own EOS, stop string or max_new_tokens. A finished row leaves the batch (the live
-        rows' KV is copied into a smaller buffer) when the longest live row still has 8 or more steps to go;
-        otherwise it stays to the end, fed a pad token at a frozen slot. Greedy rows give exactly what
-        `generate` gives; so does a seeded sampled row (each row draws from its own generator).
-        `Generation.seconds` of every result is the wall time of the whole call (what the caller waited for all
-        of them). A failure of the runtime itself fails every row of that batch. `stop_at_eos=False`
-        (benchmarks) runs every row to its max_new_tokens.
+        Valid requests are decoded together, `max_batch` at a time, the next joining as soon as a row is free.
+        Each row stops at its own EOS, stop string or max_new_tokens. Greedy rows give exactly what `generate`
+        gives; so does a seeded sampled row (each row draws from its own generator). `Generation.seconds` of
+        every result is the wall time of the whole call. A failure of the runtime itself fails every row still
+        running. `stop_at_eos=False` (benchmarks) runs every row to its max_new_tokens.
         """
         started = time.perf_counter()
         results: list[Generation | Exception | None] = [None] * len(requests)
-        valid: list[tuple[int, list[int], GenerationRequest]] = []
-        for index, request in enumerate(requests):
-            try:
-                prompt_ids = self._prompt_ids(request.messages)
-                self._check(prompt_ids, request.max_new_tokens)
-            except InferenceError as exc:
-                results[index] = exc
-            else:
-                valid.append((index, prompt_ids, request))
-        texts: dict[int, tuple[list[int], list[int]]] = {}
-        for first in range(0, len(valid), self.max_batch):
-            chunk = valid[first : first + self.max_batch]
-            try:
-                new_ids = self._run_batch(chunk, stop_at_eos)
-            except InferenceError as exc:
-                for index, _, _ in chunk:
+        batch = self.open_batch(stop_at_eos=stop_at_eos)
+        waiting = list(enumerate(requests))
+        done: list[tuple[int, Generation]] = []
+        while waiting or len(batch):
+            while waiting and batch.free_rows:
+                index, request = waiting.pop(0)
+                try:
+                    batch.add(request, tag=index)
+                except InferenceError as exc:
                     results[index] = exc
-                continue
-            for (index, prompt_ids, _), ids in zip(chunk, new_ids):
-                texts[index] = (prompt_ids, ids)
+            for index, outcome in batch.step():
+                if isinstance(outcome, Exception):
+                    results[index] = outcome
+                else:
+                    done.append((index, outcome))
         seconds = time.perf_counter() - started
-        for index, (prompt_ids, ids) in texts.items():
+        for index, generation in done:
             results[index] = Generation(
-                text=self._text(ids), prompt_tokens=len(prompt_ids), new_tokens=len(ids), seconds=seconds
+                generation.text, generation.prompt_tokens, generation.new_tokens, seconds
             )
         return results  # type: ignore[return-value]  # every slot is filled above
 
-    def _prompt_ids(self, messages: tuple[ChatMessage, ...]) -> list[int]:
-        try:
-            return self.encode(self.render_prompt(messages))
-        except Exception as exc:  # the template or the tokenizer choked on this request's text alone
-            raise InferenceError(f"{self.model_id}: cannot render or tokenize the request: {exc}") from exc
-
-    def _run_batch(self, chunk, stop_at_eos: bool) -> list[list[int]]:
-        rngs = [np.random.default_rng(r.seed) if r.seed is not None else self._rng for _, _, r in chunk]
-        stop = self._hit_stop_string if self._stop_strings and stop_at_eos else None
-        with self._lock:
-            try:
-                if len(chunk) == 1:  # the single-request loop: no batch buffer to build
-                    (_, ids, r), rng = chunk[0], rngs[0]
-                    return [self._loop(ids, r.max_new_tokens, r.temperature, r.top_p, rng, stop_at_eos, stop)]
-                return self._batch_loop(chunk, rngs, stop_at_eos, stop)
-            except (InferenceError, KeyboardInterrupt):
-                raise
-            except Exception as exc:  # onnxruntime's pybind exceptions and MemoryError, as in generate_ids
-                raise InferenceError(f"{self.model_id}: batched inference failed: {exc}") from exc
-
-    def _batch_loop(self, chunk, rngs, stop_at_eos, stop) -> list[list[int]]:
-        prompts = [prompt_ids for _, prompt_ids, _ in chunk]
-        requests = [r for _, _, r in chunk]
-        cache = _BatchKvCache(
-            self, len(chunk), max(len(p) + r.max_new_tokens for p, r in zip(prompts, requests))
-        )
-        t0 = time.perf_counter()
-        logits = [cache.prefill_row(row, ids) for row, ids in enumerate(prompts)]
-        t1 = time.perf_counter()
-        lengths = [len(p) for p in prompts]  # tokens in each request's cache row
-        outs: list[list[int]] = [[] for _ in chunk]
-        done = [False] * len(chunk)
-        rows = list(range(len(chunk)))  # rows[r]: the request in cache row r
-        while True:
-            for i in rows:
-                if done[i]:
-                    continue
-                token = sample_next(logits[i], requests[i].temperature, requests[i].top_p, rngs[i])
-                if stop_at_eos and token in self._eos:
-                    done[i] = True
-                    continue
-                outs[i].append(token)
-                if len(outs[i]) >= requests[i].max_new_tokens or (stop is not None and stop(outs[i])):
-                    done[i] = True
-            live = [i for i in rows if not done[i]]
-            if not live:
-                break
-            left = max(requests[i].max_new_tokens - len(outs[i]) for i in live)
-            if len(live) < len(rows) and left >= _COMPACT_MIN_STEPS:
-                # drop finished rows: copying the live rows' filled KV costs less than a step
-                cache.keep(
-                    [r for r, i in enumerate(rows) if not done[i]],
-                    filled=max(lengths[i] for i in live),
-                    capacity=max(len(prompts[i]) + requests[i].max_new_tokens for i in live),
-                )
-                rows = live
-            # a finished row left in the batch is fed a pad token at a frozen slot: it changes no other row
-            step = cache.decode(
-                [self._pad_id if done[i] else outs[i][-1] for i in rows], [lengths[i] for i in rows]
-            )
-            for r, i in enumerate(rows):
-                if not done[i]:
-                    logits[i] = step[r]
-                    lengths[i] += 1
-        t2 = time.perf_counter()
-        self.last_timing = Timing(sum(map(len, prompts)), sum(map(len, outs)), t1 - t0, t2 - t1)
-        return outs
-
-    def _check(self, prompt_ids: list[int], max_new_tokens: int) -> None:
-        if max_new_tokens < 1:
-            raise InferenceError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
-        if not prompt_ids:
-            raise InferenceError("empty prompt")
-        if len(prompt_ids) + max_new_tokens > self.context_length:
-            raise TooLargeError(
-                f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceed the context of "
-                f"{self.model_id} ({self.context_length} tokens)"
-            )
-
-    def _text(self, new_ids: list[int]) -> str:
-        text = self.decode(new_ids)
-        for stop in self._stop_strings:  # base models run on into the next "Question:": cut there
-            text = text.split(stop, 1)[0]
-        return text
+    def open_batch(self, *, max_rows: int | None = None, stop_at_eos: bool = True) -> OnnxBatch:
+        """A continuous batch of up to `max_rows` (at most max_batch) requests for the inference thread: add
+        requests between steps, step until it is empty."""
+        rows = self.max_batch if max_rows is None else max(1, min(max_rows, self.max_batch))
+        return OnnxBatch(self, rows=rows, stop_at_eos=stop_at_eos)
 
     def generate_ids(
         self,
@@ -311,56 +228,32 @@ class OnnxEngine:
         `stop_at_eos=False` (benchmarks) always generates `max_new_tokens`.
         """
         self._check(prompt_ids, max_new_tokens)
-        rng = np.random.default_rng(seed) if seed is not None else self._rng
-        stop = self._hit_stop_string if self._stop_strings and stop_at_eos else None
-        with self._lock:
-            try:
-                return self._loop(prompt_ids, max_new_tokens, temperature, top_p, rng, stop_at_eos, stop)
-            except (InferenceError, KeyboardInterrupt):
-                raise
-            # onnxruntime's pybind exceptions (Fail, InvalidArgument, ...) and MemoryError
-            except Exception as exc:
-                raise InferenceError(f"{self.model_id}: inference failed: {exc}") from exc
-
-    def _hit_stop_string(self, out: list[int]) -> bool:
-        tail = self.decode(out[-16:])  # a stop string spans a few tokens at most
-        return any(stop in tail for stop in self._stop_strings)
-
-    def _loop(self, prompt_ids, max_new_tokens, temperature, top_p, rng, stop_at_eos, stop) -> list[int]:
-        capacity = len(prompt_ids) + max_new_tokens
-        step = _SharedKvStep(self, capacity) if self._share_buffer else _ConcatKvStep(self)
-        t0 = time.perf_counter()
-        logits = step.run(np.asarray([prompt_ids], dtype=np.int64), past_len=0)
-        t1 = time.perf_counter()
-        out: list[int] = []
-        total = len(prompt_ids)
-        while True:
-            token = sample_next(logits, temperature, top_p, rng)
-            if stop_at_eos and token in self._eos:
-                break
-            out.append(token)
-            if len(out) >= max_new_tokens or (stop is not None and stop(out)):
-                break
-            logits = step.run(np.asarray([[token]], dtype=np.int64), past_len=total)
-            total += 1
-        t2 = time.perf_counter()
-        self.last_timing = Timing(len(prompt_ids), len(out), t1 - t0, t2 - t1)
-        return out
+        request = GenerationRequest(
+            messages=(), max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+        )
+        seq = self._sequence(request, list(prompt_ids), stop_at_eos=stop_at_eos)
+        self._run_alone(seq)
+        return seq.out
 
     def next_token_logits(self, ids: list[int]) -> np.ndarray:
         """Logits over the vocabulary after every prefix of `ids`, shape (len(ids), vocab), for quality checks."""
-        with self._lock:
-            step = _SharedKvStep(self, len(ids)) if self._share_buffer else _ConcatKvStep(self)
-            logits = step.run(np.asarray([ids], dtype=np.int64), past_len=0, all_positions=True)
+        kv = self.manifest.kv
+        with self._lock, runtime_errors(f"{self.model_id}: inference failed"):
+            if self._share_buffer:
+                cache = RowKvCache(self._graph, kv.num_kv_heads, kv.head_dim, 1)
+                cache.reserve(len(ids), [0])
+                logits = cache.prefill(0, ids, 0, all_positions=True)
+                if logits.shape[0] == len(ids):
+                    return logits
+                # graphs exported with prune_lm_head give the last position only: one token at a time
+                cache = RowKvCache(self._graph, kv.num_kv_heads, kv.head_dim, 1)
+                cache.reserve(len(ids), [0])
+                return np.stack([cache.prefill(0, [token], i) for i, token in enumerate(ids)])
+            logits = ConcatKvCache(self._graph, kv.num_kv_heads, kv.head_dim).run(ids, 0, all_positions=True)
             if logits.shape[0] == len(ids):
                 return logits
-            # graphs exported with prune_lm_head give the last position only: feed the text one token at a time
-            step = _SharedKvStep(self, len(ids)) if self._share_buffer else _ConcatKvStep(self)
-            rows = [
-                step.run(np.asarray([[token]], dtype=np.int64), past_len=i).copy()
-                for i, token in enumerate(ids)
-            ]
-            return np.stack(rows)
+            concat = ConcatKvCache(self._graph, kv.num_kv_heads, kv.head_dim)
+            return np.stack([concat.run([token], i).copy() for i, token in enumerate(ids)])
 
     def warm_up(self) -> None:
         """One short greedy generation (and a batch of two when batching), so the first real request does not
@@ -373,181 +266,139 @@ class OnnxEngine:
         log.info("warmed up %s in %.2f s", self.model_id, time.perf_counter() - started)
 
     def close(self) -> None:
-        self._session = None  # type: ignore[assignment]
+        self._graph = None  # type: ignore[assignment]
 
+    # -- inside ----------------------------------------------------------------------------------------------
 
-class _SharedKvStep:
-    """Past and present bound to the same preallocated buffers: the graph appends in place (GQA)."""
-
-    def __init__(self, engine: OnnxEngine, capacity: int):
-        kv = engine.manifest.kv
-        self._engine = engine
-        self._binding = engine._session.io_binding()
-        shape = (1, kv.num_kv_heads, capacity, kv.head_dim)
-        self._binding.bind_output("logits")  # bound first: get_outputs() lists outputs in binding order
-        self._buffers = []
-        for (past_k, past_v), (pres_k, pres_v) in zip(engine._past_names, engine._present_names):
-            for past, present in ((past_k, pres_k), (past_v, pres_v)):
-                value = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=engine._kv_dtype))
-                self._buffers.append(value)
-                self._binding.bind_ortvalue_input(past, value)
-                self._binding.bind_ortvalue_output(present, value)
-
-    def run(self, ids: np.ndarray, *, past_len: int, all_positions: bool = False) -> np.ndarray:
-        engine = self._engine
-        total = past_len + ids.shape[1]
-        self._binding.bind_cpu_input(engine._tokens_name, engine._tokens_input(ids))
-        self._binding.bind_output("logits")  # rebound each step: its shape changes from prefill to decode
-        if engine._has_attention_mask:
-            self._binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
-        if engine._has_position_ids:
-            self._binding.bind_cpu_input("position_ids", np.arange(past_len, total, dtype=np.int64)[None, :])
-        engine._session.run_with_iobinding(self._binding)
-        logits = self._binding.get_outputs()[0].numpy()
-        return logits[0] if all_positions else logits[0, -1]
-
-
-class _BatchKvCache:
-    """b rows of KV in one preallocated buffer per past/present pair: prefill one row at a time, decode all rows.
-
-    Each prompt is prefilled alone, bound to its own row (a contiguous view of the buffer): no padded prefill, so
-    a row's cache and first logits are bit-identical to a solo run, and the builder's graphs (whose lm_head is
-    pruned to the last position) never return a pad position's logits. Decode then feeds one token per row with
-    a right-padded attention_mask: GQA takes each row's length from its mask (seqlens_k = row sum - 1), writes
-    the new key/value at that slot and attends to that row's own slots only, whatever the mask width
-    (onnxruntime GroupQueryAttention, CPU, shared past/present buffer).
-    """
-
-    def __init__(self, engine: OnnxEngine, rows: int, capacity: int):
-        kv = engine.manifest.kv
-        self._engine = engine
-        self._pairs = [
-            pair
-            for (past_k, past_v), (pres_k, pres_v) in zip(engine._past_names, engine._present_names)
-            for pair in ((past_k, pres_k), (past_v, pres_v))
-        ]
-        shape = (rows, kv.num_kv_heads, capacity, kv.head_dim)
-        # the memory that the whole-batch binding and each row's prefill binding share
-        self._arrays = [np.zeros(shape, dtype=engine._kv_dtype) for _ in self._pairs]
-        self._binding = self._bind(self._arrays)
-
-    def _bind(self, arrays: list[np.ndarray]):
-        binding = self._engine._session.io_binding()
-        binding.bind_output("logits")  # bound first: get_outputs() lists outputs in binding order
-        for (past, present), array in zip(self._pairs, arrays):
-            value = ort.OrtValue.ortvalue_from_numpy(array)  # on CPU the OrtValue uses the array's memory
-            binding.bind_ortvalue_input(past, value)
-            binding.bind_ortvalue_output(present, value)
-        return binding
-
-    def keep(self, rows: list[int], *, filled: int, capacity: int) -> None:
-        """Keep only `rows` (in that order), their first `filled` slots copied into buffers of `capacity`."""
-        kept = []
-        for array in self._arrays:
-            new = np.zeros((len(rows), array.shape[1], capacity, array.shape[3]), dtype=array.dtype)
-            new[:, :, :filled] = array[rows, :, :filled]
-            kept.append(new)
-        self._arrays = kept
-        self._binding = self._bind(kept)
-
-    def prefill_row(self, row: int, ids: list[int]) -> np.ndarray:
-        """Run the prompt of `row` alone into its slice of the buffer; the logits after its last token."""
-        engine = self._engine
-        binding = self._bind([array[row : row + 1] for array in self._arrays])
-        binding.bind_cpu_input(engine._tokens_name, engine._tokens_input(np.asarray([ids], dtype=np.int64)))
-        binding.bind_output("logits")
-        if engine._has_attention_mask:
-            binding.bind_cpu_input("attention_mask", np.ones((1, len(ids)), dtype=np.int64))
-        if engine._has_position_ids:
-            binding.bind_cpu_input("position_ids", np.arange(len(ids), dtype=np.int64)[None, :])
-        engine._session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()[0, -1].copy()
-
-    def decode(self, tokens: list[int], lengths: list[int]) -> np.ndarray:
-        """One step: `tokens[r]` goes to slot `lengths[r]` of row r; logits (rows, vocab) after it."""
-        engine = self._engine
-        width = max(lengths) + 1
-        mask = (np.arange(width)[None, :] <= np.asarray(lengths)[:, None]).astype(np.int64)
-        tokens_input = engine._tokens_input(np.asarray(tokens, dtype=np.int64)[:, None])
-        self._binding.bind_cpu_input(engine._tokens_name, tokens_input)
-        self._binding.bind_output("logits")
-        if engine._has_attention_mask:
-            self._binding.bind_cpu_input("attention_mask", mask)
-        if engine._has_position_ids:
-            self._binding.bind_cpu_input("position_ids", np.asarray(lengths, dtype=np.int64)[:, None])
-        engine._session.run_with_iobinding(self._binding)
-        return self._binding.get_outputs()[0].numpy()[:, -1]
-
-
-class _MappedEmbeddings:
-    """The token table read from disk as used: SmolLM2's 49k x 576 Q8_0 table (28 MB) is never loaded whole.
-
-    Rows are `q * d` per block of 32 in float32, what GatherBlockQuantized computes inside the graph.
-    """
-
-    def __init__(self, model_dir: Path, files: tuple[str, ...]):
+    def _prompt_ids(self, messages: tuple[ChatMessage, ...]) -> list[int]:
         try:
-            self._q = np.load(model_dir / files[0], mmap_mode="r")  # int8 [vocab, hidden]
-            self._scales = np.load(model_dir / files[1], mmap_mode="r")  # float16 [vocab, hidden / 32]
-        except (OSError, ValueError, IndexError) as exc:
-            raise InferenceError(f"cannot map the token table of {model_dir}: {exc}") from exc
+            return self.encode(self.render_prompt(messages))
+        except Exception as exc:  # the template or the tokenizer choked on this request's text alone
+            raise InferenceError(f"{self.model_id}: cannot render or tokenize the request: {exc}") from exc
 
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        q = np.asarray(self._q[ids.reshape(-1)], dtype=np.float32)
-        scales = np.asarray(self._scales[ids.reshape(-1)], dtype=np.float32)
-        rows = q.reshape(len(q), scales.shape[1], -1) * scales[..., None]
-        return rows.reshape(*ids.shape, q.shape[1])
+    def _check(self, prompt_ids: list[int], max_new_tokens: int) -> None:
+        if max_new_tokens < 1:
+            raise InferenceError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+        if not prompt_ids:
+            raise InferenceError("empty prompt")
+        if len(prompt_ids) + max_new_tokens > self.context_length:
+            raise TooLargeError(
+                f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceed the context of "
+                f"{self.model_id} ({self.context_length} tokens)"
+            )
+
+    def _text(self, new_ids: list[int]) -> str:
+        return final_text(self.decode(new_ids), self._stop_strings)
+
+    def _hit_stop_string(self, out: list[int]) -> bool:
+        tail = self.decode(out[-16:])  # a stop string spans a few tokens at most
+        return any(stop in tail for stop in self._stop_strings)
+
+    def _sequence(
+        self,
+        request: GenerationRequest,
+        prompt_ids: list[int],
+        *,
+        stream: TextStream | None = None,
+        stop_at_eos: bool = True,
+    ) -> Sequence:
+        rng = np.random.default_rng(request.seed) if request.seed is not None else self._rng
+        stop = self._hit_stop_string if self._stop_strings else None
+        return Sequence(
+            request, prompt_ids, rng, eos=self._eos, stop=stop, stream=stream, stop_at_eos=stop_at_eos
+        )
+
+    def _row_cache(self, rows: int) -> RowKvCache:
+        kv = self.manifest.kv
+        return RowKvCache(self._graph, kv.num_kv_heads, kv.head_dim, rows)
+
+    def _run_alone(self, seq: Sequence) -> None:
+        """Decode one sequence to its end: a batch of one (the same chunks and kernels as in any batch)."""
+        t0 = time.perf_counter()
+        with self._lock, runtime_errors(f"{self.model_id}: inference failed"):
+            if self.continuous:
+                batch = ContinuousBatch(self._row_cache(1), max_rows=1, prefill_chunk=self.prefill_chunk)
+                batch.add(seq)
+                t1 = None
+                while len(batch):
+                    batch.step()
+                    if t1 is None and (seq.out or seq.done):
+                        t1 = time.perf_counter()
+            else:
+                kv = self.manifest.kv
+                cache = ConcatKvCache(self._graph, kv.num_kv_heads, kv.head_dim)
+                logits = cache.run(seq.prompt_ids, 0)
+                t1 = time.perf_counter()
+                while seq.choose(logits):
+                    logits = cache.run([seq.out[-1]], seq.length)
+        t2 = time.perf_counter()
+        self.last_timing = Timing(len(seq.prompt_ids), len(seq.out), (t1 or t2) - t0, t2 - (t1 or t2))
 
 
-class _ConcatKvStep:
-    """The classic loop: each step's present is the next step's past (graphs without GQA)."""
+class OnnxBatch:
+    """Requests decoded together on the inference thread: `add` between steps, `step` until `len` is 0.
 
-    def __init__(self, engine: OnnxEngine):
-        kv = engine.manifest.kv
+    `step()` returns (tag, Generation or InferenceError) for every request that finished in it; a runtime
+    failure fails every request in the batch (they come back from that step) and empties it.
+    `Generation.seconds` is the time from `add` to the end (what the row took, with its company).
+    """
+
+    def __init__(self, engine: OnnxEngine, *, rows: int, stop_at_eos: bool = True):
         self._engine = engine
-        empty = np.zeros((1, kv.num_kv_heads, 0, kv.head_dim), dtype=engine._kv_dtype)
-        self._past = {name: empty for pair in engine._past_names for name in pair}
-        self._outputs = ["logits"] + [name for pair in engine._present_names for name in pair]
+        self._stop_at_eos = stop_at_eos
+        self._batch = ContinuousBatch(
+            engine._row_cache(rows), max_rows=rows, prefill_chunk=engine.prefill_chunk
+        )
+        self._started: dict[int, float] = {}
 
-    def run(self, ids: np.ndarray, *, past_len: int, all_positions: bool = False) -> np.ndarray:
+    def __len__(self) -> int:
+        return len(self._batch)
+
+    @property
+    def free_rows(self) -> int:
+        return self._batch.free_rows
+
+    @property
+    def decoding(self) -> int:
+        return self._batch.decoding
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of KV buffer the batch holds now (0 when empty)."""
+        return self._batch.kv_bytes
+
+    def drop_all(self) -> list[object]:
+        """Every request's tag, the batch emptied."""
+        self._started.clear()
+        return [entry.tag for entry in self._batch.drop_all()]
+
+    def add(
+        self, request: GenerationRequest, *, tag: object = None, on_delta: Callable[[str], None] | None = None
+    ):
+        """Join the batch at the next step; raises TooLargeError / InferenceError for this request alone."""
         engine = self._engine
-        total = past_len + ids.shape[1]
-        feeds = {engine._tokens_name: engine._tokens_input(ids), **self._past}
-        if engine._has_attention_mask:
-            feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)
-        if engine._has_position_ids:
-            feeds["position_ids"] = np.arange(past_len, total, dtype=np.int64)[None, :]
-        logits, *presents = engine._session.run(self._outputs, feeds)
-        past_names = [name for pair in engine._past_names for name in pair]
-        self._past = dict(zip(past_names, presents))
-        return logits[0] if all_positions else logits[0, -1]
+        prompt_ids = engine._prompt_ids(request.messages)
+        engine._check(prompt_ids, request.max_new_tokens)
+        stream = TextStream(engine.decode, engine._stop_strings, on_delta) if on_delta is not None else None
+        seq = engine._sequence(request, prompt_ids, stream=stream, stop_at_eos=self._stop_at_eos)
+        self._started[id(seq)] = time.perf_counter()
+        self._batch.add(seq, tag)
 
-
-def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
-    """Greedy at temperature 0; otherwise softmax(logits / T) cut to the smallest nucleus of mass >= top_p."""
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / temperature
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
-    if top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cumulative, top_p)) + 1]
-        kept = probs[keep] / probs[keep].sum()
-        return int(keep[rng.choice(len(keep), p=kept)])
-    return int(rng.choice(len(probs), p=probs))
-
-
-def create_session(path: Path, threads: int) -> ort.InferenceSession:
-    """The engine's onnxruntime session (threads <= 0: one per core); InferenceError if it does not load."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads if threads > 0 else (os.cpu_count() or 1)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise InferenceError(f"cannot load {path}: {exc}") from exc
+    def step(self) -> list[tuple[object, Generation | Exception]]:
+        engine = self._engine
+        try:
+            with engine._lock, runtime_errors(f"{engine.model_id}: batched inference failed"):
+                finished = self._batch.step()
+        except InferenceError as exc:
+            log.error("%s; failing the %d requests of its batch", exc, len(self._batch))
+            return [(tag, exc) for tag in self.drop_all()]
+        now = time.perf_counter()
+        results = []
+        for entry in finished:
+            seq = entry.seq
+            text = engine._text(seq.out)
+            if seq.stream is not None:
+                seq.stream.finish(text)
+            seconds = now - self._started.pop(id(seq))
+            results.append((entry.tag, Generation(text, len(seq.prompt_ids), len(seq.out), seconds)))
+        return results

@@ -1,14 +1,25 @@
-"""A load-testing engine: sleeps a sampled service time and echoes. Never the demo or the default."""
+"""A load-testing engine: sleeps a sampled service time and echoes. Never the demo or the default.
+
+Continuous batching (`open_batch`) follows a per-step cost model: a request needs its sampled service time of
+work, served in steps of `service_s / STEPS`; a step with b rows lasts `slowdown(b)` times a one-row step (the
+batch profile, measured by tools/bench/batching.py, or 1 + batch_cost * (b - 1)), so rows join and leave per step
+as in OnnxEngine.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import random
+import re
 import threading
 import time
+from collections.abc import Callable
 
 from ..errors import InferenceError, TooLargeError
 from .base import ChatMessage, Generation, GenerationRequest
+from .batch_profile import BatchProfile
+
+STEPS = 32  # decode steps of a request of mean service time
 
 
 class SyntheticEngine:
@@ -29,6 +40,7 @@ class SyntheticEngine:
         model_id: str = "synthetic",
         max_batch: int = 4,
         batch_cost: float = 0.25,
+        batch_profile: BatchProfile | None = None,
     ):
         if distribution not in ("deterministic", "exponential"):
             raise ValueError(f"unknown service distribution {distribution!r}")
@@ -38,6 +50,7 @@ class SyntheticEngine:
             raise ValueError(f"batch_cost must be within [0, 1], not {batch_cost!r}")
         self.max_batch = max_batch
         self.batch_cost = batch_cost
+        self.profile = batch_profile or BatchProfile.linear(batch_cost, max(8, max_batch))
         self.model_id = model_id
         self.context_length = context_length
         self.kv_bytes_per_token = kv_bytes_per_token
@@ -75,11 +88,24 @@ class SyntheticEngine:
         text = f"[{self.model_id} {digest}] " + " ".join(words)
         return Generation(text=text, prompt_tokens=prompt_tokens, new_tokens=len(words) + 2, seconds=seconds)
 
-    def generate(self, request: GenerationRequest) -> Generation:
+    streams = True
+
+    def generate(
+        self, request: GenerationRequest, on_delta: Callable[[str], None] | None = None
+    ) -> Generation:
+        """Sleeps one service time; with `on_delta`, hands the echo over word by word spread across it."""
         prompt_tokens = self._check(request)
         started = time.perf_counter()
-        time.sleep(self._service_time())
-        return self._echo(request, prompt_tokens, time.perf_counter() - started)
+        service_s = self._service_time()
+        if on_delta is None:
+            time.sleep(service_s)
+            return self._echo(request, prompt_tokens, time.perf_counter() - started)
+        echo = self._echo(request, prompt_tokens, 0.0)
+        pieces = re.findall(r"\S+\s*", echo.text) or [echo.text]
+        for index, piece in enumerate(pieces, 1):
+            time.sleep(max(0.0, started + service_s * index / len(pieces) - time.perf_counter()))
+            on_delta(piece)
+        return Generation(echo.text, prompt_tokens, echo.new_tokens, time.perf_counter() - started)
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[Generation | Exception]:
         """As OnnxEngine.generate_batch: one result or error per request; `max_batch` valid ones per sleep.
@@ -103,8 +129,83 @@ class SyntheticEngine:
             results[index] = self._echo(requests[index], prompt_tokens, seconds)
         return results  # type: ignore[return-value]  # every slot is filled above
 
+    def open_batch(self, *, max_rows: int | None = None) -> SyntheticBatch:
+        rows = self.max_batch if max_rows is None else max(1, min(max_rows, self.max_batch))
+        return SyntheticBatch(self, rows)
+
     def warm_up(self) -> None:
         pass
 
     def close(self) -> None:
         pass
+
+
+class _Row:
+    def __init__(self, tag, request, prompt_tokens, work_s, on_delta):
+        self.tag, self.request, self.prompt_tokens = tag, request, prompt_tokens
+        self.left_s, self.work_s, self.on_delta = work_s, work_s, on_delta
+        self.started = time.perf_counter()
+        self.sent = 0  # pieces of the echo streamed
+
+
+class SyntheticBatch:
+    """The synthetic engine's continuous batch: same interface as OnnxBatch (add, step, len, free_rows)."""
+
+    def __init__(self, engine: SyntheticEngine, rows: int):
+        self._engine = engine
+        self._max_rows = rows
+        self._rows: list[_Row] = []
+        self._step_s = engine._service_s / STEPS
+        self._due: float | None = None  # when the step under way ends, by the schedule
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def free_rows(self) -> int:
+        return self._max_rows - len(self._rows)
+
+    @property
+    def decoding(self) -> int:
+        return len(self._rows)
+
+    def add(
+        self, request: GenerationRequest, *, tag: object = None, on_delta: Callable[[str], None] | None = None
+    ):
+        if self.free_rows <= 0:
+            raise ValueError("the batch is full")
+        prompt_tokens = self._engine._check(request)
+        self._rows.append(_Row(tag, request, prompt_tokens, self._engine._service_time(), on_delta))
+
+    def drop_all(self) -> list[object]:
+        tags = [row.tag for row in self._rows]
+        self._rows = []
+        return tags
+
+    def step(self) -> list[tuple[object, Generation | Exception]]:
+        """One step: every row advances by one step of work (less if it needs less), in slowdown(b) times."""
+        if not self._rows:
+            return []
+        advance = min(self._step_s, min(row.left_s for row in self._rows))
+        # steps keep a schedule rather than sleeping each in turn, so sleep's overshoot does not add up
+        now = time.perf_counter()
+        base = self._due if self._due is not None and self._due > now - self._step_s else now
+        self._due = base + advance * self._engine.profile.slowdown(len(self._rows))
+        time.sleep(max(0.0, self._due - now))
+        finished, live = [], []
+        for row in self._rows:
+            row.left_s -= advance
+            echo = self._engine._echo(row.request, row.prompt_tokens, 0.0)
+            if row.on_delta is not None:
+                pieces = re.findall(r"\S+\s*", echo.text) or [echo.text]
+                due = len(pieces) if row.left_s <= 1e-12 else int(len(pieces) * (1 - row.left_s / row.work_s))
+                for piece in pieces[row.sent : due]:
+                    row.on_delta(piece)
+                row.sent = max(row.sent, due)
+            if row.left_s <= 1e-12:
+                seconds = time.perf_counter() - row.started
+                finished.append((row.tag, Generation(echo.text, row.prompt_tokens, echo.new_tokens, seconds)))
+            else:
+                live.append(row)
+        self._rows = live
+        return finished

@@ -14,19 +14,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InferenceError
-from .catalogue import CatalogueEntry, load_catalogue
-from .chat_template import CHATML_TEMPLATE, COMPLETION_TEMPLATE
-from .manifest import (
+from ..artifact.chat_template import CHATML_TEMPLATE, COMPLETION_TEMPLATE
+from ..artifact.manifest import (
     BLOCK_OFFSETS_FILE,
     EMBEDDING_FILES,
     KvGeometry,
     Manifest,
     read_manifest,
-    sha256_file,
     write_manifest,
 )
-from .store import model_dir_for
+from ..artifact.store import model_dir_for
+from ..artifact.verify import sha256_file
+from ..errors import InferenceError
+from .catalogue import CatalogueEntry, load_catalogue
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ def _manifest(
 
 def verify_model(model_dir: Path, *, load: bool = True) -> list[str]:
     """Problems with a built directory: hash mismatches, then (if `load`) whether the engine loads and answers."""
-    from .manifest import check_hashes
+    from ..artifact.verify import check_hashes
 
     manifest = read_manifest(model_dir)
     problems = check_hashes(model_dir, manifest)

@@ -72,9 +72,9 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from ..artifact.manifest import read_manifest
+    from ..artifact.store import is_built, model_dir_for
     from .catalogue import load_catalogue
-    from .manifest import read_manifest
-    from .store import is_built, model_dir_for
 
     catalogue = load_catalogue()
     if not catalogue:
@@ -93,11 +93,12 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from ..artifact.store import resolve_model_dir
     from .build import verify_model
-    from .store import resolve_model_dir
+    from .catalogue import catalogue_names
 
     try:
-        path = resolve_model_dir(args.model)
+        path = resolve_model_dir(args.model, known_names=catalogue_names)
         problems = verify_model(path, load=not args.no_load)
     except ConfigError as exc:  # said as for agent.toml's engine.model: here it is the argument itself
         print(f"model verify failed: {args.model}: {exc.problems[0][2]}", file=sys.stderr)

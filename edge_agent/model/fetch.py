@@ -8,9 +8,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+from ..artifact.verify import sha256_file
 from ..errors import InferenceError
 from .catalogue import CatalogueEntry, WeightPart
-from .manifest import sha256_file
 
 log = logging.getLogger(__name__)
 

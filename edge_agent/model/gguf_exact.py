@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.block_offsets import write_block_offsets
-from .manifest import BLOCK_OFFSETS_FILE, EMBEDDING_FILES
+from ..artifact.block_offsets import write_block_offsets
+from ..artifact.manifest import BLOCK_OFFSETS_FILE, EMBEDDING_FILES
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact.chat_template import CHATML_TEMPLATE
+from ..artifact.manifest import KvGeometry, Manifest, write_manifest
 from ..config import SYNTHESIS_SYSTEM_PROMPT
-from .chat_template import CHATML_TEMPLATE
-from .manifest import KvGeometry, Manifest, write_manifest
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2 as in SmolLM2
 EOS_TOKEN = "<|im_end|>"

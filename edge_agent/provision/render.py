@@ -171,9 +171,15 @@ def render_acl(inventory: Inventory, tree: BridgeTree) -> str:
     )
 
 
+def agent_broker_host(bind: str) -> str:
+    """Where the agent finds its own broker: loopback, unless the broker listens on one address only."""
+    return bind if bind and bind not in ("0.0.0.0", "::", "*") else "127.0.0.1"
+
+
 def render_agent_toml(inventory: Inventory, board: Board, layout: Layout) -> str:
     text = _ENV.get_template("agent.toml.j2").render(
         mesh=inventory.mesh, board=board, layout=layout, port=inventory.port_of(board),
+        broker_host=agent_broker_host(inventory.bind_of(board)),
         model=inventory.model_of(board), memory_max_mb=inventory.memory_max_mb_of(board),
         metrics=inventory.metrics_of(board), home_assistant=inventory.home_assistant_of(board),
     )

@@ -7,7 +7,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge_agent.engine.block_offsets import patch_block_minimums, write_block_offsets
+from edge_agent.artifact.block_offsets import write_block_offsets
+from edge_agent.engine.block_offsets import patch_block_minimums
 from edge_agent.engine.process_memory import release_file_pages
 from edge_agent.errors import InferenceError
 from edge_agent.model.gguf_exact import pack_for_matmul_nbits, pack_zero_points

@@ -78,7 +78,7 @@ def test_model_verify_says_what_is_wrong_with_its_argument(tmp_path, tiny_model_
 
 
 def test_model_list_says_which_builds_only_run_here(default_model_dir):
-    from edge_agent.model.manifest import read_manifest
+    from edge_agent.artifact.manifest import read_manifest
 
     result = edge_moa("model", "list")
     assert result.returncode == 0

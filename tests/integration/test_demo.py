@@ -45,3 +45,23 @@ def test_demo_serve_keeps_the_mesh_up_for_other_clients(tiny_model_dir, tmp_path
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
     assert proc.returncode == 0
+
+
+def test_demo_serve_stopped_by_sigterm_leaves_no_process_behind(tiny_model_dir, tmp_path):
+    import psutil
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "demo", "--agents", "2", "--model", str(tiny_model_dir), "-k", "1",
+         "--max-new-tokens", "4", "--workdir", str(tmp_path), "--serve", "Hi"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not proc.stdout.readline().startswith("mesh is up: broker "):
+            pass
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 3  # the broker and two agents
+    finally:
+        proc.send_signal(signal.SIGTERM)  # as `timeout`, systemd or a test harness stops it
+        proc.wait(30)
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    assert alive == [], f"left running after SIGTERM: {[p.pid for p in alive]}"

@@ -6,11 +6,11 @@ as they are, each block's constant riding in the same node as two digit blocks o
 import numpy as np
 import pytest
 
+from edge_agent.artifact.manifest import BLOCK_OFFSETS_FILE, read_manifest
+from edge_agent.artifact.store import is_built, model_dir_for
 from edge_agent.engine.onnx import OnnxEngine
 from edge_agent.errors import InferenceError
 from edge_agent.model.gguf_exact import offset_digits, pack_for_matmul_nbits
-from edge_agent.model.manifest import BLOCK_OFFSETS_FILE, read_manifest
-from edge_agent.model.store import is_built, model_dir_for
 from tests.integration.onnx_helpers import matmul_nbits_session
 
 

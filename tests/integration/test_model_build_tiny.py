@@ -3,7 +3,8 @@
 import time
 from pathlib import Path
 
-from edge_agent.model.manifest import check_hashes, read_manifest
+from edge_agent.artifact.manifest import read_manifest
+from edge_agent.artifact.verify import check_hashes
 from edge_agent.model.tiny import build_tiny_model
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_agent.artifact.manifest import read_manifest
 from edge_agent.engine.base import ChatMessage, GenerationRequest
 from edge_agent.engine.onnx import OnnxEngine
 from edge_agent.errors import InferenceError, TooLargeError
-from edge_agent.model.manifest import read_manifest
 
 MESSAGES = (ChatMessage("system", "Answer briefly."), ChatMessage("user", "What is the capital of France?"))
 

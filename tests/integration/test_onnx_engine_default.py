@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.artifact.manifest import read_manifest
 from edge_agent.engine.base import ChatMessage, GenerationRequest
 from edge_agent.engine.onnx import OnnxEngine
 from edge_agent.model.build import verify_model
-from edge_agent.model.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 

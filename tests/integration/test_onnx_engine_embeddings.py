@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from edge_agent.artifact.manifest import EMBEDDING_FILES, read_manifest, write_manifest
 from edge_agent.engine.onnx import OnnxEngine
 from edge_agent.errors import InferenceError
 from edge_agent.model.gguf_exact import take_embeddings_out
-from edge_agent.model.manifest import EMBEDDING_FILES, read_manifest, write_manifest
 from edge_agent.model.tiny import build_tiny_model
 
 
@@ -48,7 +48,7 @@ def inside_and_outside(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_outside_table_gives_the_same_logits_and_tokens(inside_and_outside):
     inside, outside = (OnnxEngine(path, threads=1) for path in inside_and_outside)
-    assert "input_ids" not in {i.name for i in outside._session.get_inputs()}
+    assert "input_ids" not in {i.name for i in outside._graph.session.get_inputs()}
     ids = inside.encode("the quick brown fox jumps over the lazy dog")
     np.testing.assert_allclose(outside.next_token_logits(ids), inside.next_token_logits(ids), atol=1e-5)
     assert outside.generate_ids(ids, max_new_tokens=24) == inside.generate_ids(ids, max_new_tokens=24)

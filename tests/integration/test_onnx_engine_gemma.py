@@ -2,9 +2,9 @@
 
 import pytest
 
+from edge_agent.artifact.store import is_built, model_dir_for
 from edge_agent.engine.base import ChatMessage, GenerationRequest
 from edge_agent.engine.onnx import OnnxEngine
-from edge_agent.model.store import is_built, model_dir_for
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from edge_agent.artifact.store import is_built, model_dir_for
 from edge_agent.engine.onnx import OnnxEngine
-from edge_agent.model.store import is_built, model_dir_for
 
 pytestmark = pytest.mark.slow
 

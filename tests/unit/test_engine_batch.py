@@ -77,3 +77,60 @@ def test_only_invalid_requests_cost_nothing():
 def test_bad_batch_settings_fail_fast(kwargs):
     with pytest.raises(ValueError):
         SyntheticEngine(service_s=0.1, **kwargs)
+
+
+def test_synthetic_engine_streams_its_echo_across_the_service_time():
+    engine = SyntheticEngine(service_s=0.2, seed=1)
+    request = GenerationRequest(messages=(ChatMessage("user", "one two three four"),), max_new_tokens=8)
+    stamps: list[tuple[float, str]] = []
+    started = time.perf_counter()
+    result = engine.generate(request, on_delta=lambda d: stamps.append((time.perf_counter() - started, d)))
+    assert engine.streams and "".join(d for _, d in stamps) == result.text == engine.generate(request).text
+    assert len(stamps) == len(result.text.split())
+    assert stamps[0][0] < 0.15 and stamps[-1][0] >= 0.19  # spread over the service time, not all at once
+
+
+@pytest.mark.parametrize("max_batch, expected_s", [(4, 0.3), (1, 0.4)])
+def test_synthetic_continuous_batch_lets_a_newcomer_join(max_batch: int, expected_s: float):
+    """Free batching (cost 0): a job arriving halfway through another ends one service time after it arrived;
+    with max_batch = 1 (FCFS) it waits for the first."""
+    from edge_agent.engine.worker import InferenceWorker, Job
+
+    engine = SyntheticEngine(service_s=0.2, batch_cost=0.0, max_batch=max_batch)
+    worker = InferenceWorker(engine, max_batch=max_batch)
+    ends: dict[str, float] = {}
+    request = GenerationRequest(messages=(ChatMessage("user", "x"),), max_new_tokens=4)
+    started = time.perf_counter()
+    worker.submit(Job("a", request, lambda g: ends.setdefault("a", time.perf_counter() - started)))
+    time.sleep(0.1)
+    worker.submit(Job("b", request, lambda g: ends.setdefault("b", time.perf_counter() - started)))
+    deadline = time.monotonic() + 5
+    while len(ends) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.close()
+    assert ends["a"] == pytest.approx(0.2, abs=0.05)
+    assert ends["b"] == pytest.approx(expected_s, abs=0.05)
+
+
+def test_synthetic_batch_profile_sets_the_step_cost(tmp_path):
+    import json
+
+    from edge_agent.engine.batch_profile import BatchProfile
+
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"step_s": {"1": 0.01, "2": 0.015, "3": 0.03}}))
+    profile = BatchProfile.read(path)
+    assert profile.slowdown(2) == pytest.approx(1.5) and profile.speedup(2) == pytest.approx(4 / 3)
+    assert profile.slowdown(4) == pytest.approx(4.5)  # extrapolated with the last increment
+    assert profile.best_rows(3) == 2
+    engine = SyntheticEngine(service_s=0.1, max_batch=2, batch_profile=profile)
+    batch = engine.open_batch()
+    request = GenerationRequest(messages=(ChatMessage("user", "x"),), max_new_tokens=4)
+    batch.add(request, tag=1)
+    batch.add(request, tag=2)
+    started = time.perf_counter()
+    done = []
+    while len(batch):
+        done += batch.step()
+    assert sorted(tag for tag, _ in done) == [1, 2]
+    assert time.perf_counter() - started == pytest.approx(0.15, abs=0.03)  # 0.1 s of work at 1.5x per step

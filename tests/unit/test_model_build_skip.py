@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.artifact.manifest import read_manifest, write_manifest
 from edge_agent.model import build, fetch
-from edge_agent.model.manifest import read_manifest, write_manifest
 from edge_agent.model.tiny import build_tiny_model
 
 

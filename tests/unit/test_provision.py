@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import tomllib
+
+import pytest
 
 from edge_agent.config import parse_config
 from edge_agent.errors import ConfigError
@@ -185,6 +186,13 @@ def test_mosquitto_conf_without_tls():
     conf = render_mosquitto_conf(inv, tree, inv.board("b"), installed_layout(), password_of)
     assert "\nlistener 1883 127.0.0.1\n" in conf and "address 10.0.0.1:1883" in conf
     assert "cafile" not in conf and "certfile" not in conf and "require_certificate" not in conf
+
+
+def test_agent_reaches_its_broker_on_the_bound_address():
+    for bind, host in (("127.0.0.1", "127.0.0.1"), ("10.0.0.2", "10.0.0.2"), ("", "127.0.0.1"), ("0.0.0.0", "127.0.0.1")):
+        inv = inventory(tls=False, bind=bind)
+        text = render_agent_toml(inv, inv.board("b"), installed_layout())
+        assert tomllib.loads(text)["mqtt"]["host"] == host
 
 
 def test_in_place_layout_points_into_the_bundle(tmp_path):

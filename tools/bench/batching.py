@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from edge_agent.artifact.store import resolve_model_dir
 from edge_agent.engine.base import ChatMessage, Generation, GenerationRequest
 from edge_agent.errors import ConfigError
-from edge_agent.model.store import resolve_model_dir
 
 QUESTIONS = [
     "Explain in a few sentences why the sky is blue during the day and red at sunset, for a child.",

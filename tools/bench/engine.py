@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from edge_agent.artifact.store import resolve_model_dir
 from edge_agent.engine.base import ChatMessage
 from edge_agent.errors import ConfigError
-from edge_agent.model.store import resolve_model_dir
 
 PROMPT = (
     ChatMessage(
@@ -74,8 +74,8 @@ def worker_ours(model_dir: Path, threads: int, runs: int, new_tokens: int) -> di
 def worker_llamacpp(gguf: Path, model_dir: Path, threads: int, runs: int, new_tokens: int) -> dict:
     import llama_cpp
 
-    from edge_agent.model.chat_template import ChatTemplate
-    from edge_agent.model.manifest import read_manifest
+    from edge_agent.artifact.chat_template import ChatTemplate
+    from edge_agent.artifact.manifest import read_manifest
 
     manifest = read_manifest(model_dir)  # the same prompt text as ours, rendered without loading our engine
     rendered = ChatTemplate(manifest.chat_template).render(PROMPT)

@@ -66,7 +66,7 @@ def main() -> None:
         results["synthetic"] = measure(mesh, args.prompts, args.layers, args.proposers, args.max_new_tokens)
     print(json.dumps(results["synthetic"]))
     if args.real_prompts:
-        from edge_agent.model.store import resolve_model_dir
+        from edge_agent.artifact.store import resolve_model_dir
 
         model = resolve_model_dir(DEFAULT_MODEL)
         print(f"default model {model}, 1 thread per agent, {args.real_prompts} prompts")

@@ -4,15 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.artifact.manifest import KvGeometry, Manifest, read_manifest, write_manifest
+from edge_agent.artifact.verify import check_hashes, sha256_file
 from edge_agent.errors import InferenceError
-from edge_agent.model.manifest import (
-    KvGeometry,
-    Manifest,
-    check_hashes,
-    read_manifest,
-    sha256_file,
-    write_manifest,
-)
 
 
 def _manifest() -> Manifest:

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.artifact.store import model_dir_for, models_root, resolve_model_dir
 from edge_agent.errors import ConfigError
-from edge_agent.model.store import model_dir_for, models_root, resolve_model_dir
+from edge_agent.model.catalogue import catalogue_names
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def test_unbuilt_catalogue_model_says_what_to_run(model_root: Path):
 
 def test_unknown_name_lists_the_catalogue(model_root: Path):
     with pytest.raises(ConfigError, match="unknown model.*smollm2-135m-instruct"):
-        resolve_model_dir("no-such-model")
+        resolve_model_dir("no-such-model", known_names=catalogue_names)
 
 
 def test_built_name_and_path_resolve(model_root: Path):

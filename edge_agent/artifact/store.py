@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -32,8 +33,10 @@ def looks_like_path(model: str) -> bool:
     return "/" in model or model.startswith((".", "~")) or os.sep in model
 
 
-def resolve_model_dir(model: str) -> Path:
-    """A built model directory from a catalogue name or a path; a ConfigError saying what to run otherwise."""
+def resolve_model_dir(model: str, *, known_names: Callable[[], list[str]] | None = None) -> Path:
+    """A built model directory from a catalogue name or a path; a ConfigError saying what to run otherwise.
+
+    `known_names` (the build catalogue's, model/catalogue.py) lets an unknown name be told from an unbuilt one."""
     if looks_like_path(model):
         path = Path(model).expanduser()
         if not is_built(path):
@@ -44,9 +47,7 @@ def resolve_model_dir(model: str) -> Path:
     path = model_dir_for(model)
     if is_built(path):
         return path
-    from .catalogue import catalogue_names
-
-    names = catalogue_names()
+    names = known_names() if known_names is not None else []
     if names and model not in names:
         raise ConfigError([("engine.model", model, f"unknown model; the catalogue has {', '.join(names)}")])
     raise ConfigError(

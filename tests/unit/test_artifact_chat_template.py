@@ -2,9 +2,9 @@
 
 import pytest
 
+from edge_agent.artifact.chat_template import CHATML_TEMPLATE, COMPLETION_TEMPLATE, ChatTemplate
 from edge_agent.engine.base import ChatMessage
 from edge_agent.errors import InferenceError
-from edge_agent.model.chat_template import CHATML_TEMPLATE, COMPLETION_TEMPLATE, ChatTemplate
 
 
 def test_chatml_with_system():

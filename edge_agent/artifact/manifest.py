@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import InferenceError
+from .verify import MANIFEST_NAME, hash_files
 
-MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 # where a build puts a token table it takes out of the graph (engine/onnx.py memory-maps them)
 EMBEDDING_FILES = ("embeddings.q8.npy", "embeddings.scales.npy")
@@ -86,23 +85,6 @@ class Manifest:
         return cls(**data)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def hash_files(model_dir: Path) -> dict[str, str]:
-    """sha256 of every regular file under `model_dir` except the manifest itself."""
-    return {
-        path.relative_to(model_dir).as_posix(): sha256_file(path)
-        for path in sorted(model_dir.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_NAME
-    }
-
-
 def write_manifest(model_dir: Path, manifest: Manifest) -> Manifest:
     """Hash the directory's files into the manifest and write it; returns the manifest as written."""
     from dataclasses import replace
@@ -120,18 +102,3 @@ def read_manifest(model_dir: Path) -> Manifest:
         raise InferenceError(f"{model_dir} is not a built model directory (no {MANIFEST_NAME})") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise InferenceError(f"{path} is not a valid manifest: {exc}") from exc
-
-
-def check_hashes(model_dir: Path, manifest: Manifest) -> list[str]:
-    """Problems found (missing, changed or unlisted files); empty when the directory matches its manifest."""
-    model_dir = Path(model_dir)
-    problems = []
-    actual = hash_files(model_dir)
-    for name, expected in sorted(manifest.files.items()):
-        if name not in actual:
-            problems.append(f"{name}: missing")
-        elif actual[name] != expected:
-            problems.append(f"{name}: sha256 {actual[name][:12]}... expected {expected[:12]}...")
-    for name in sorted(set(actual) - set(manifest.files)):
-        problems.append(f"{name}: not in the manifest")
-    return problems

@@ -1,0 +1,66 @@
+"""alpha(b) as measured: seconds per decode step with b rows, read by the synthetic engine, planner and simulator.
+
+The file is what `tools/bench/batching.py --out FILE` writes:
+`{"model", "threads", "cpu", "onnxruntime", "step_s": {"1": s, ..., "8": s}, "task_s": {"1": s, ...}, ...}`.
+`step_s[b]` is the wall time of one decode step serving b rows; a row's progress per second is then
+1 / step_s[b] tokens, so b rows together go `b * step_s[1] / step_s[b]` times as fast as one alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    step_s: tuple[float, ...]  # step_s[b - 1]: seconds of one decode step with b rows, b = 1..len
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.step_s or any(not s > 0 for s in self.step_s):
+            raise ConfigError(
+                [("--batch-profile", self.source, "step_s must hold positive seconds for b = 1..")]
+            )
+
+    @classmethod
+    def linear(cls, batch_cost: float, rows: int = 8) -> BatchProfile:
+        """The synthetic engine's default: a step with b rows costs 1 + batch_cost * (b - 1) single steps."""
+        return cls(tuple(1.0 + batch_cost * (b - 1) for b in range(1, rows + 1)), f"linear:{batch_cost}")
+
+    @classmethod
+    def read(cls, path: str | Path) -> BatchProfile:
+        try:
+            data = json.loads(Path(path).read_text())
+            steps = data["step_s"]
+            step_s = tuple(float(steps[str(b)]) for b in range(1, len(steps) + 1))
+        except OSError as exc:
+            raise ConfigError([("--batch-profile", str(path), f"cannot read: {exc.strerror}")]) from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError([("--batch-profile", str(path), f"not a batch profile ({exc!r})")]) from exc
+        return cls(step_s, str(path))
+
+    @property
+    def rows(self) -> int:
+        return len(self.step_s)
+
+    def slowdown(self, b: int) -> float:
+        """How much longer a step with b rows takes than a step with one (>= 1 in practice; 1 at b = 1).
+        Past the measured rows it grows linearly with the last measured increment."""
+        if b <= 1:
+            return 1.0
+        if b <= self.rows:
+            return self.step_s[b - 1] / self.step_s[0]
+        last = self.step_s[-1] - (self.step_s[-2] if self.rows > 1 else 0.0)
+        return (self.step_s[-1] + last * (b - self.rows)) / self.step_s[0]
+
+    def speedup(self, b: int) -> float:
+        """Tasks served per unit time with b rows, relative to one row: b / slowdown(b)."""
+        return b / self.slowdown(b)
+
+    def best_rows(self, max_rows: int) -> int:
+        """The b <= max_rows with the highest throughput (where more rows stop paying)."""
+        return max(range(1, max_rows + 1), key=self.speedup)

@@ -1,0 +1,162 @@
+"""The inference thread: the one owner of the engine, serving submitted jobs FCFS, up to `max_batch` at once.
+
+Engines with `open_batch` (OnnxEngine, SyntheticEngine) are served continuously: a job submitted while others
+decode joins them at the next step, a finished one is answered at once and frees its row (batch.py); with
+`max_batch = 1` that is the paper's FCFS queue. Other engines get static batches of the jobs waiting.
+
+The agent's loop submits jobs from its own thread and hears back through each job's callbacks, which run on this
+thread and must only hand the outcome over (e.g. `loop.call_soon_threadsafe`). A failing job never stops the
+thread: its exception is its outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .base import Engine, Generation, GenerationRequest
+
+log = logging.getLogger(__name__)
+Outcome = Generation | Exception
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str  # the caller's id for it (a task id), for logs
+    request: GenerationRequest
+    on_done: Callable[[Outcome], None]
+    on_delta: Callable[[str], None] | None = None  # streamed text pieces; only for engines that stream
+
+
+class InferenceWorker:
+    """FCFS service of jobs on one thread. With `max_batch` > 1 up to that many jobs decode together, which
+    raises the service rate to b / alpha(b) (DESIGN.md sec. 4). A job's Generation.seconds is the time from its
+    joining the batch to its end."""
+
+    def __init__(self, engine: Engine, *, max_batch: int = 1, name: str = "inference"):
+        self.engine = engine
+        self.max_batch = max(1, min(max_batch, getattr(engine, "max_batch", 1)))
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._running = 0
+        self._busy_since: float | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    # -- caller side (any thread) --
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("inference worker is closed")
+            self._waiting += 1
+        self._jobs.put(job)
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def busy_for_s(self, now: float | None = None) -> float:
+        """How long the current engine call has run (0 when idle): a hung engine shows here."""
+        since = self._busy_since
+        return 0.0 if since is None else (time.monotonic() if now is None else now) - since
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        with self._lock:
+            self._closed = True
+        self._jobs.put(None)
+        self._thread.join(timeout_s)
+
+    # -- the inference thread --
+    def _serve(self) -> None:
+        if callable(getattr(self.engine, "open_batch", None)):
+            self._serve_continuously()
+        else:
+            self._serve_static()
+
+    def _serve_continuously(self) -> None:
+        batch = self.engine.open_batch(max_rows=self.max_batch)
+        stopping = False
+        while not (stopping and not len(batch)):
+            while not stopping and batch.free_rows > 0:
+                try:  # block for the first job only when nothing runs
+                    job = self._jobs.get() if not len(batch) else self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                with self._lock:
+                    self._waiting -= 1
+                try:
+                    batch.add(job.request, tag=job, on_delta=job.on_delta)
+                except Exception as exc:  # noqa: BLE001  # this request alone is bad (too large, untokenizable)
+                    self._deliver(job, exc)
+            if not len(batch):
+                continue
+            self._running = len(batch)
+            self._busy_since = time.monotonic()
+            try:
+                finished = batch.step()
+            except Exception as exc:  # the batch fails; the thread goes on serving
+                log.exception("a batch step failed")
+                finished = [(job, exc) for job in batch.drop_all()]
+            finally:
+                self._busy_since = None
+            self._running = len(batch)
+            for job, outcome in finished:
+                self._deliver(job, outcome)
+
+    @staticmethod
+    def _deliver(job: Job, outcome: Outcome) -> None:
+        try:
+            job.on_done(outcome)
+        except Exception:  # a caller's bug must not stop the thread that serves every other job
+            log.exception("on_done of job %s failed", job.key)
+
+    def _serve_static(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch = [job]
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._jobs.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            with self._lock:
+                self._waiting -= len(batch)
+                self._running = len(batch)
+            self._busy_since = time.monotonic()
+            try:
+                outcomes = self._run(batch)
+            finally:
+                self._busy_since = None
+                self._running = 0
+            for item, outcome in zip(batch, outcomes):
+                self._deliver(item, outcome)
+
+    def _run(self, batch: list[Job]) -> list[Outcome]:
+        try:
+            if len(batch) == 1:
+                job = batch[0]
+                if job.on_delta is not None and getattr(self.engine, "streams", False):
+                    return [self.engine.generate(job.request, on_delta=job.on_delta)]
+                return [self.engine.generate(job.request)]
+            return list(self.engine.generate_batch([j.request for j in batch]))
+        except Exception as exc:  # noqa: BLE001  # the engine must not take the thread down; callers hear of it
+            return [exc] * len(batch)
