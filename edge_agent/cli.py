@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .broker_args import add_broker_args, broker_from_args
 from .errors import ConfigError, EdgeMoaError
 
 log = logging.getLogger("edge_agent")
@@ -89,28 +90,6 @@ def _register_features(sub) -> None:
             importlib.import_module(name).register(sub)
         except Exception as exc:  # noqa: BLE001  # a broken optional command must not stop the agent daemon
             print(f"warning: commands of {name} unavailable: {exc}", file=sys.stderr)
-
-
-def add_broker_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", default=os.environ.get("EDGE_MOA_BROKER", "127.0.0.1:1883"),
-                        help="HOST:PORT of a broker in the mesh (env EDGE_MOA_BROKER)")
-    parser.add_argument("--topic-root", default="moa/v1")
-    parser.add_argument("--mqtt-protocol", choices=["v5", "v311"], default="v5")
-    parser.add_argument("--username")
-    parser.add_argument("--password-file", type=Path)
-    parser.add_argument("--tls-ca-file", help="CA certificate (turns TLS on)")
-    parser.add_argument("--tls-cert-file", help="client certificate, for mutual TLS")
-    parser.add_argument("--tls-key-file", help="client key, for mutual TLS")
-
-
-def broker_from_args(args: argparse.Namespace):
-    from .transport import BrokerSettings, parse_broker_address
-
-    host, port = parse_broker_address(args.broker)
-    password = args.password_file.read_text().strip() if args.password_file else None
-    return BrokerSettings(host=host, port=port, protocol=args.mqtt_protocol, username=args.username,
-                          password=password, tls_ca_file=args.tls_ca_file, tls_cert_file=args.tls_cert_file,
-                          tls_key_file=args.tls_key_file)
 
 
 def setup_logging(verbosity: int) -> None:

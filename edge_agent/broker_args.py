@@ -1,0 +1,29 @@
+"""The broker options every MQTT command shares (ask, status, gateway): flags in, BrokerSettings out."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def add_broker_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", default=os.environ.get("EDGE_MOA_BROKER", "127.0.0.1:1883"),
+                        help="HOST:PORT of a broker in the mesh (env EDGE_MOA_BROKER)")
+    parser.add_argument("--topic-root", default="moa/v1")
+    parser.add_argument("--mqtt-protocol", choices=["v5", "v311"], default="v5")
+    parser.add_argument("--username")
+    parser.add_argument("--password-file", type=Path)
+    parser.add_argument("--tls-ca-file", help="CA certificate (turns TLS on)")
+    parser.add_argument("--tls-cert-file", help="client certificate, for mutual TLS")
+    parser.add_argument("--tls-key-file", help="client key, for mutual TLS")
+
+
+def broker_from_args(args: argparse.Namespace):
+    from .transport import BrokerSettings, parse_broker_address
+
+    host, port = parse_broker_address(args.broker)
+    password = args.password_file.read_text().strip() if args.password_file else None
+    return BrokerSettings(host=host, port=port, protocol=args.mqtt_protocol, username=args.username,
+                          password=password, tls_ca_file=args.tls_ca_file, tls_cert_file=args.tls_cert_file,
+                          tls_key_file=args.tls_key_file)
