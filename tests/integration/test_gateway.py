@@ -107,6 +107,18 @@ def test_api_key_is_required_and_compared(gateway):
     assert status == 200 and body["broker_connected"] and body["device_online"] and body["agents_online"] == 3
 
 
+def test_a_huge_body_is_413_and_broken_json_400(gateway):
+    base = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Authorization: Bearer {API_KEY}",
+            "-H", "Content-Type: application/json", gateway.url + "/v1/chat/completions"]
+    big = json.dumps({"model": "single", "messages": [{"role": "user", "content": "x" * (2 << 20)}]})
+    huge = subprocess.run([*base, "--data-binary", "@-"], input=big, capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert huge.stdout == "413", huge
+    broken = subprocess.run([*base, "-d", '{"model": "single", "messages": ['], capture_output=True, text=True,
+                            check=True, timeout=60)
+    assert broken.stdout == "400", broken
+
+
 def test_models_list_the_configurations(client):
     names = [m.id for m in client.models.list()]
     assert names[:2] == ["moa", "single"] and "moa-M1-k2" in names
