@@ -24,6 +24,7 @@ from .backend import AnswerTimeout, BrokerUnavailable, Delta, Final, GatewayBack
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+STARTED = int(time.time())
 MAX_BODY_BYTES = 1 << 20  # a prompt is at most 64 KiB on the wire (limits.max_payload_bytes); a Pi has little RAM
 
 
@@ -63,13 +64,23 @@ def create_app(backend: GatewayBackend, *, api_key: str | None = None) -> Starle
         return StreamingResponse(_sse(first, events, plan, completion_id, created), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
 
+    def model_object(name: str) -> dict:
+        return {"id": name, "object": "model", "created": STARTED, "owned_by": f"edge-moa:{backend.device}"}
+
     async def models(request: Request) -> Response:
         if not authorized(request):
             return refuse()
-        created = int(time.time())
-        return JSONResponse({"object": "list", "data": [
-            {"id": name, "object": "model", "created": created, "owned_by": f"edge-moa:{backend.device}"}
-            for name in chat.MODEL_NAMES]})
+        return JSONResponse({"object": "list", "data": [model_object(name) for name in chat.MODEL_NAMES]})
+
+    async def model(request: Request) -> Response:
+        if not authorized(request):
+            return refuse()
+        name = request.path_params["name"]
+        try:
+            chat.moa_settings(name)
+        except chat.RequestError as exc:
+            return error_response(exc)
+        return JSONResponse(model_object(name))
 
     async def health(request: Request) -> Response:
         status = backend.device_status()
@@ -95,7 +106,7 @@ def create_app(backend: GatewayBackend, *, api_key: str | None = None) -> Starle
 
     return Starlette(routes=[
         Route("/", page), Route("/health", health), Route("/api/mesh", mesh),
-        Route("/v1/models", models), Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", models), Route("/v1/models/{name}", model), Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     ], lifespan=lifespan)
 
 

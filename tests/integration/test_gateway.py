@@ -77,6 +77,14 @@ def test_openai_client_streams_the_answer(client):
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0
 
 
+def test_a_streaming_agent_reaches_the_client_in_several_deltas(client):
+    chunks = list(client.chat.completions.create(model="single", max_tokens=32, stream=True,
+                                                 messages=[{"role": "user", "content": "Count to twenty."}]))
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(deltas) >= 2, deltas  # the agent's chunks, not the whole answer at the end
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
 def test_curl_non_streamed_and_streamed(gateway):
     body = json.dumps({"model": "single", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
     base = ["curl", "-sS", "-H", f"Authorization: Bearer {API_KEY}", "-H", "Content-Type: application/json"]
@@ -122,6 +130,9 @@ def test_a_huge_body_is_413_and_broken_json_400(gateway):
 def test_models_list_the_configurations(client):
     names = [m.id for m in client.models.list()]
     assert names[:2] == ["moa", "single"] and "moa-M1-k2" in names
+    assert client.models.retrieve("moa-M2-k4").id == "moa-M2-k4"  # any moa-M<m>-k<k>, listed or not
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
 
 
 @pytest.mark.parametrize("kwargs,error,code", [
