@@ -24,6 +24,8 @@ from .backend import AnswerTimeout, BrokerUnavailable, Delta, Final, GatewayBack
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+STARTED = int(time.time())
+MAX_BODY_BYTES = 1 << 20  # a prompt is at most 64 KiB on the wire (limits.max_payload_bytes); a Pi has little RAM
 
 
 def create_app(backend: GatewayBackend, *, api_key: str | None = None) -> Starlette:
@@ -43,7 +45,9 @@ def create_app(backend: GatewayBackend, *, api_key: str | None = None) -> Starle
         if not authorized(request):
             return refuse()
         try:
-            body = await request.json()
+            body = json.loads(await _read_body(request))
+        except chat.RequestError as exc:
+            return error_response(exc)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return error_response(chat.RequestError(400, "the request body is not JSON", code="invalid_request"))
         try:
@@ -60,13 +64,23 @@ def create_app(backend: GatewayBackend, *, api_key: str | None = None) -> Starle
         return StreamingResponse(_sse(first, events, plan, completion_id, created), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
 
+    def model_object(name: str) -> dict:
+        return {"id": name, "object": "model", "created": STARTED, "owned_by": f"edge-moa:{backend.device}"}
+
     async def models(request: Request) -> Response:
         if not authorized(request):
             return refuse()
-        created = int(time.time())
-        return JSONResponse({"object": "list", "data": [
-            {"id": name, "object": "model", "created": created, "owned_by": f"edge-moa:{backend.device}"}
-            for name in chat.MODEL_NAMES]})
+        return JSONResponse({"object": "list", "data": [model_object(name) for name in chat.MODEL_NAMES]})
+
+    async def model(request: Request) -> Response:
+        if not authorized(request):
+            return refuse()
+        name = request.path_params["name"]
+        try:
+            chat.moa_settings(name)
+        except chat.RequestError as exc:
+            return error_response(exc)
+        return JSONResponse(model_object(name))
 
     async def health(request: Request) -> Response:
         status = backend.device_status()
@@ -92,8 +106,23 @@ def create_app(backend: GatewayBackend, *, api_key: str | None = None) -> Starle
 
     return Starlette(routes=[
         Route("/", page), Route("/health", health), Route("/api/mesh", mesh),
-        Route("/v1/models", models), Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", models), Route("/v1/models/{name}", model), Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     ], lifespan=lifespan)
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused with 413 past MAX_BODY_BYTES whatever Content-Length claims (read in pieces)."""
+    too_large = chat.RequestError(413, f"the request body exceeds {MAX_BODY_BYTES} bytes", code="too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        parts.append(part)
+    return b"".join(parts)
 
 
 async def _first_event(events: AsyncIterator[Delta | Final], backend: GatewayBackend) -> Delta | Final:

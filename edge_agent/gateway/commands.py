@@ -23,6 +23,8 @@ def register(sub) -> None:
     gateway.add_argument("--api-key-file", type=Path, help="file holding the Bearer key clients must send "
                          "(e.g. a systemd credential); without it the API is open")
     gateway.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for an answer (504 after)")
+    gateway.add_argument("--max-connections", type=int, default=64, help="HTTP connections served at once; "
+                         "more get 503 (bounds the gateway's memory)")
     gateway.set_defaults(func=cmd_gateway)
 
 
@@ -71,8 +73,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         bound_host, bound_port = sock.getsockname()[:2]
         print(f"gateway for {args.device} on http://{bound_host}:{bound_port} (broker {args.broker}, "
               f"API key {'required' if api_key else 'off'})", flush=True)
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=5, log_level=logging.getLogger().level)
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", http="h11",
+                                limit_concurrency=args.max_connections, timeout_graceful_shutdown=5,
+                                log_level=logging.getLogger().level)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         client.close()

@@ -77,6 +77,14 @@ def test_openai_client_streams_the_answer(client):
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0
 
 
+def test_a_streaming_agent_reaches_the_client_in_several_deltas(client):
+    chunks = list(client.chat.completions.create(model="single", max_tokens=32, stream=True,
+                                                 messages=[{"role": "user", "content": "Count to twenty."}]))
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(deltas) >= 2, deltas  # the agent's chunks, not the whole answer at the end
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
 def test_curl_non_streamed_and_streamed(gateway):
     body = json.dumps({"model": "single", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
     base = ["curl", "-sS", "-H", f"Authorization: Bearer {API_KEY}", "-H", "Content-Type: application/json"]
@@ -107,9 +115,24 @@ def test_api_key_is_required_and_compared(gateway):
     assert status == 200 and body["broker_connected"] and body["device_online"] and body["agents_online"] == 3
 
 
+def test_a_huge_body_is_413_and_broken_json_400(gateway):
+    base = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Authorization: Bearer {API_KEY}",
+            "-H", "Content-Type: application/json", gateway.url + "/v1/chat/completions"]
+    big = json.dumps({"model": "single", "messages": [{"role": "user", "content": "x" * (2 << 20)}]})
+    huge = subprocess.run([*base, "--data-binary", "@-"], input=big, capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert huge.stdout == "413", huge
+    broken = subprocess.run([*base, "-d", '{"model": "single", "messages": ['], capture_output=True, text=True,
+                            check=True, timeout=60)
+    assert broken.stdout == "400", broken
+
+
 def test_models_list_the_configurations(client):
     names = [m.id for m in client.models.list()]
     assert names[:2] == ["moa", "single"] and "moa-M1-k2" in names
+    assert client.models.retrieve("moa-M2-k4").id == "moa-M2-k4"  # any moa-M<m>-k<k>, listed or not
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
 
 
 @pytest.mark.parametrize("kwargs,error,code", [
