@@ -47,8 +47,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     items = stratified_subset(load_instructions(args.instructions), args.limit, args.seed)
     models = [m.strip() for m in args.models.split(",")] if args.models else [args.model] * args.agents
-    label = args.label or ("mesh" if args.broker else models_label(models))
+    label = args.label or ("mesh" if args.broker else models_label([_model_name(m) for m in models]))
     configs = parse_configs(args.configs, label)
     if not args.verbose:  # the progress line says what happens; agents' INFO lines would drown it
         logging.getLogger("edge_agent").setLevel(logging.WARNING)
     return run_eval(args, items, configs, models)
+
+
+def _model_name(model: str) -> str:
+    """The manifest's name of a built model (a catalogue name or a directory), for generator names."""
+    from ..model.manifest import read_manifest
+    from ..model.store import resolve_model_dir
+
+    return read_manifest(resolve_model_dir(model)).name

@@ -20,6 +20,7 @@ def register_judge(sub) -> None:
                        help="local (Qwen2.5-Coder-1.5B by llama.cpp), local:qwen05, local:FILE.gguf, "
                             "local:MODEL (a built board model, our ONNX engine), or an OpenAI-compatible URL")
     judge.add_argument("--judge-model", help="URL judges: the `model` field of the request")
+    judge.add_argument("--top-logprobs", type=int, default=20, help="URL judges: how many to ask for (default 20)")
     judge.add_argument("--api-key-env", default="OPENAI_API_KEY", help="URL judges: env var holding the key")
     judge.add_argument("--sanity", action="store_true", help="the judge's accuracy on constructed pairs instead")
     judge.add_argument("--sanity-n", type=int, default=10, help="instructions for --sanity (3 pairs each)")
@@ -50,7 +51,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
         pairs, b_name = _pairs(args)
         path = args.verdicts or args.a.with_name(f"{args.a.stem}.vs.{b_name}.{_slug(args.judge)}.verdicts.jsonl")
     scorer = open_scorer(args.judge, threads=args.threads, api_key_env=args.api_key_env, model=args.judge_model,
-                         context_tokens=args.context)
+                         context_tokens=args.context, top_logprobs=args.top_logprobs)
     try:
         records = judge_pairs(scorer, pairs, path, max_output_chars=args.max_output_chars,
                               title="sanity" if args.sanity else "judge")

@@ -33,13 +33,13 @@ def log_softmax_at(logits: np.ndarray, ids: list[int]) -> list[float]:
 
 
 def open_scorer(spec: str, *, threads: int = 2, api_key_env: str = "OPENAI_API_KEY", model: str | None = None,
-                context_tokens: int = 4096) -> Scorer:
+                context_tokens: int = 4096, top_logprobs: int = 20) -> Scorer:
     """`local` (the default GGUF judge), `local:NAME` (a judge model, a .gguf path, or a built model directory /
     catalogue name: our ONNX engine), `http://...` (OpenAI-compatible chat completions with logprobs)."""
     if spec.startswith(("http://", "https://")):
         from .scorer_http import HttpScorer
 
-        return HttpScorer(spec, api_key_env=api_key_env, model=model)
+        return HttpScorer(spec, api_key_env=api_key_env, model=model, top_logprobs=top_logprobs)
     if spec == "local" or spec.startswith("local:"):
         from .judge_models import DEFAULT_JUDGE_MODEL, JUDGE_MODELS
 

@@ -28,6 +28,8 @@ def local_mesh(models: list[str], *, threads: int, max_new_tokens: int, workdir)
     dirs = [resolve_model_dir(m) for m in models]
     per_agent = {f"agent{i}": {"model": str(d)} for i, d in enumerate(dirs, 1)}
     limit = max(512, max_new_tokens)
+    if workdir is not None:  # each run its own: LocalMesh reuses an agent.toml it finds (with an old broker port)
+        workdir = workdir / time.strftime("run-%Y%m%d-%H%M%S")
     print(f"local mesh: {len(dirs)} agents ({', '.join(sorted({d.name for d in dirs}))}), "
           f"{threads} thread(s) each; loading...", file=sys.stderr, flush=True)
     started = time.monotonic()

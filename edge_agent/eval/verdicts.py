@@ -25,11 +25,12 @@ class Pair:
 
 
 def p_first_better(scorer: Scorer, instruction: str, output_1: str, output_2: str, *,
-                   max_output_chars: int = 6000) -> float:
+                   max_output_chars: int = 6000, template: str | None = None) -> float:
     """P(m) / (P(m) + P(M)) from the next-token distribution: how sure the judge is that output_1 is better
     (AlpacaEval's weighted judge, `logprob_parser` with is_binarize false). 0.5 when neither label is seen."""
     logprobs = scorer.label_logprobs(pair_messages(instruction, output_1, output_2,
-                                                   max_output_chars=max_output_chars), (LABEL_FIRST, LABEL_SECOND))
+                                                   max_output_chars=max_output_chars, template=template),
+                                       (LABEL_FIRST, LABEL_SECOND))
     first, second = logprobs[LABEL_FIRST], logprobs[LABEL_SECOND]
     if first == -math.inf and second == -math.inf:
         log.warning("judge %s gave neither label any probability: counted as a tie", scorer.name)
@@ -38,12 +39,14 @@ def p_first_better(scorer: Scorer, instruction: str, output_1: str, output_2: st
     return math.exp(first - top) / (math.exp(first - top) + math.exp(second - top))
 
 
-def judge_pair(scorer: Scorer, pair: Pair, *, max_output_chars: int = 6000) -> dict:
+def judge_pair(scorer: Scorer, pair: Pair, *, max_output_chars: int = 6000, template: str | None = None) -> dict:
     """Both orders; `preference` (of A over B) is their mean, `verdict` 1 / 0.5 / 0 from it, `flip` whether the
     two orders alone disagree."""
     started = time.perf_counter()
-    a_first = p_first_better(scorer, pair.instruction, pair.a, pair.b, max_output_chars=max_output_chars)
-    a_second = 1.0 - p_first_better(scorer, pair.instruction, pair.b, pair.a, max_output_chars=max_output_chars)
+    a_first = p_first_better(scorer, pair.instruction, pair.a, pair.b, max_output_chars=max_output_chars,
+                             template=template)
+    a_second = 1.0 - p_first_better(scorer, pair.instruction, pair.b, pair.a, max_output_chars=max_output_chars,
+                                    template=template)
     preference = (a_first + a_second) / 2
     verdict = 1.0 if preference > 0.5 else 0.0 if preference < 0.5 else 0.5
     return {"instruction": pair.instruction, "kind": pair.kind, "p_a_first": round(a_first, 6),
