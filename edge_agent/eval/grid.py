@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 
 # request options a configuration may set beside M and k (the public prompt JSON, DESIGN.md sec. 2)
-_OPTIONS = {"temperature": float, "max_new_tokens": int}
+_OPTIONS = {"temperature": float, "max_new_tokens": int, "sample": int}
+_NAME_ONLY = {"sample"}  # `sample=2`: the same request again under another name (a second draw to compare)
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,120}")
 
 
@@ -27,11 +28,12 @@ class EvalConfig:
         return "_".join(parts)
 
     def request(self) -> dict:
-        return {"layers": self.layers, "proposers": self.proposers, **self.options}
+        sent = {key: value for key, value in self.options.items() if key not in _NAME_ONLY}
+        return {"layers": self.layers, "proposers": self.proposers, **sent}
 
 
 def parse_configs(text: str, label: str = "") -> list[EvalConfig]:
-    """`M,k[,key=value...]` separated by `;`, e.g. `0,0;1,2;1,2,temperature=0`."""
+    """`M,k[,key=value...]` separated by `;`, e.g. `0,0;1,2;1,2,temperature=0;0,0,sample=2`."""
     configs: list[EvalConfig] = []
     for n, chunk in enumerate(part.strip() for part in text.split(";")):
         if not chunk:

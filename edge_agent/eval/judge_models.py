@@ -49,8 +49,8 @@ def judge_gguf(name: str) -> Path:
 
     entry = JUDGE_MODELS.get(name)
     if entry is None:
-        raise ConfigError([("--judge", f"local:{name}", f"unknown judge model; known: {', '.join(JUDGE_MODELS)} "
-                            "or a path to a .gguf")])
+        known = f"unknown judge model; known: {', '.join(JUDGE_MODELS)} or a path to a .gguf"
+        raise ConfigError([("--judge", f"local:{name}", known)])
     work_dir = models_root() / "judges" / entry.name
     gguf = work_dir / f"{entry.name}.gguf"
     if gguf.is_file() and (work_dir / ".verified").is_file():

@@ -8,7 +8,7 @@ from functools import lru_cache
 from . import sdist
 
 LABEL_FIRST, LABEL_SECOND = "m", "M"  # the template's model identifiers: m = output_1, M = output_2
-_TURN = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)<\|im_end\|>", re.S)
+_TURN = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)<\|im_end\|>", re.DOTALL)
 _FIELD = re.compile(r"\{(instruction|output_1|output_2)\}")
 
 

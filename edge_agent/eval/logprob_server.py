@@ -22,7 +22,7 @@ class LogprobServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, fmt, *args):  # noqa: A002  # stdlib's signature
+            def log_message(self, fmt, *args):  # stdlib's signature
                 log.debug("%s " + fmt, self.address_string(), *args)
 
             def _reply(self, code: int, body: dict) -> None:
@@ -39,7 +39,7 @@ class LogprobServer:
                     return False
                 return True
 
-            def do_GET(self):  # noqa: N802  # stdlib's name
+            def do_GET(self):  # stdlib's name
                 if not self._authorized():
                     return
                 if self.path.rstrip("/") == "/v1/models":
@@ -47,7 +47,7 @@ class LogprobServer:
                 else:
                     self._reply(404, {"error": {"message": f"no route {self.path}"}})
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 if not self._authorized():
                     return
                 if self.path.rstrip("/") != "/v1/chat/completions":

@@ -24,8 +24,9 @@ def import_llama_cpp():
     try:
         import llama_cpp
     except ImportError:
-        raise ConfigError([("--judge", "local", "needs llama-cpp-python: pip install 'edge-moa[eval]' "
-                                                "(or judge with an ONNX board model: --judge local:MODEL_DIR)")]) from None
+        message = ("needs llama-cpp-python: pip install 'edge-moa[eval]' "
+                   "(or judge with an ONNX board model: --judge local:MODEL_DIR)")
+        raise ConfigError([("--judge", "local", message)]) from None
     _disable_extra_buffers(llama_cpp.llama_cpp)
     return llama_cpp
 

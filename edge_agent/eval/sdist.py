@@ -39,8 +39,8 @@ def sdist_path() -> Path:
     digest = sha256_file(path)
     if digest != SDIST_SHA256:
         path.unlink()
-        raise ConfigError([("--instructions", "alpaca_eval", f"{SDIST_NAME}: sha256 {digest}, expected {SDIST_SHA256}"
-                            " (deleted; run again to download it anew)")])
+        message = f"{SDIST_NAME}: sha256 {digest}, expected {SDIST_SHA256} (deleted; run again to download it anew)"
+        raise ConfigError([("--instructions", "alpaca_eval", message)])
     return path
 
 

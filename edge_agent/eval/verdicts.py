@@ -67,7 +67,7 @@ def judge_pairs(scorer: Scorer, pairs: list[Pair], path: Path | None, *, max_out
                 done[(record["instruction"], record["kind"], record["len_a"], record["len_b"])] = record
             except (ValueError, KeyError, TypeError):
                 log.warning("%s: skipping a damaged line %r", path, line[:80])
-    key = lambda p: (p.instruction, p.kind, len(p.a), len(p.b))  # noqa: E731
+    key = lambda p: (p.instruction, p.kind, len(p.a), len(p.b))
     progress = Progress(title, len(pairs), already=sum(key(p) in done for p in pairs))
     out = []
     try:

@@ -5,10 +5,10 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="the eval extra (llama-cpp-python) is not installed")
 
-from edge_agent.eval.judge_models import judge_gguf  # noqa: E402
-from edge_agent.eval.judge_prompt import pair_messages  # noqa: E402
-from edge_agent.eval.scorer_llama import LlamaScorer  # noqa: E402
-from edge_agent.eval.verdicts import Pair, judge_pair  # noqa: E402
+from edge_agent.eval.judge_models import judge_gguf
+from edge_agent.eval.judge_prompt import pair_messages
+from edge_agent.eval.scorer_llama import LlamaScorer
+from edge_agent.eval.verdicts import Pair, judge_pair
 
 pytestmark = pytest.mark.slow
 

@@ -31,6 +31,8 @@ def test_configs_parse_into_named_generators():
     assert [c.generator for c in configs] == ["smollm2_M0_k0", "smollm2_M1_k2", "smollm2_M1_k2_temperature0"]
     assert configs[2].request() == {"layers": 1, "proposers": 2, "temperature": 0.0}
     assert parse_configs("0,3")[0].generator == "edge-moa_M0_k0"  # k means nothing alone
+    again = parse_configs("0,0,sample=2")[0]
+    assert again.generator == "edge-moa_M0_k0_sample2" and again.request() == {"layers": 0, "proposers": 0}
 
 
 @pytest.mark.parametrize("text", ["", "1", "a,b", "1,2,top_k=3", "-1,0", "0,0;0,0"])
