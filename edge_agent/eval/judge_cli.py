@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ def register_judge(sub) -> None:
     judge.add_argument("--sanity", action="store_true", help="the judge's accuracy on constructed pairs instead")
     judge.add_argument("--sanity-n", type=int, default=10, help="instructions for --sanity (3 pairs each)")
     judge.add_argument("--instructions", default="alpaca_eval", help="where `reference` and --sanity take answers")
-    judge.add_argument("--limit", type=int, help="judge only the first N common instructions")
+    judge.add_argument("--limit", type=int, help="judge only N of the common instructions, drawn at random (--seed)")
     judge.add_argument("--seed", type=int, default=0)
     judge.add_argument("--verdicts", type=Path, help="verdicts JSONL (default: beside A; resumable)")
     judge.add_argument("--threads", type=int, default=2, help="local judges: inference threads")
@@ -101,6 +102,9 @@ def _pairs(args):
     missing = len(a_rows) - len(pairs)
     if missing:
         print(f"note: {missing} of A's instructions have no counterpart in {b_name}: not judged", file=sys.stderr)
+    # judged in a seeded random order: a run stopped early (or --limit) has judged a random subset, not the first
+    # datasets of the file (AlpacaEval's are in blocks)
+    random.Random(args.seed).shuffle(pairs)
     return pairs[: args.limit] if args.limit else pairs, b_name
 
 
