@@ -65,7 +65,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
                 f"{summary['accuracy_good_second']:.1%}), flip rate {summary['flip_rate']:.1%}; by kind "
                 + ", ".join(f"{k} {v:.0%}" for k, v in summary["by_kind"].items()))
     else:
-        summary = {"a": str(args.a), "b": args.against, "verdicts": str(path), **summarize(records, seed=args.seed)}
+        summary = {"a": str(args.a), "b": args.against, "verdicts": str(path), **summarize(records, seed=args.seed),
+                   **_costs(args, records)}
         lc = summary.get("lc_win_rate")
         text = (f"{args.a.stem} vs {b_name}: win rate {summary['win_rate']:.1%} [{summary['ci_low']:.1%}, "
                 f"{summary['ci_high']:.1%}] on n={summary['n']} ({summary['wins']}W {summary['ties']}T "
@@ -106,6 +107,24 @@ def _pairs(args):
     # datasets of the file (AlpacaEval's are in blocks)
     random.Random(args.seed).shuffle(pairs)
     return pairs[: args.limit] if args.limit else pairs, b_name
+
+
+def _costs(args, records: list[dict]) -> dict:
+    """Mean latency and board seconds per answer of A and B over the judged instructions, from the stats files
+    `edge-moa eval` keeps beside its outputs (absent for files from elsewhere)."""
+    from .outputs import read_stats
+
+    out = {}
+    sides = [("a", args.a)] + ([("b", Path(args.against))] if args.against != "reference" else [])
+    for side, path in sides:
+        stats = read_stats(path)
+        rows = [stats[r["instruction"]] for r in records if r["instruction"] in stats]
+        if rows and len(rows) == len(records):
+            for key in ("latency_s", "board_s", "inferences"):
+                values = [row[key] for row in rows if isinstance(row.get(key), (int, float))]
+                if values:
+                    out[f"mean_{key}_{side}"] = round(sum(values) / len(values), 3)
+    return out
 
 
 def _slug(spec: str) -> str:

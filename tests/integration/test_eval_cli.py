@@ -57,6 +57,12 @@ def test_eval_writes_alpaca_eval_outputs_per_configuration_and_resumes(tiny_mode
                                                                     for r in m1_all}.items()
     assert len((out / "tiny-random_M1_k2.stats.jsonl").read_text().splitlines()) == 10
 
+    judged = edge_moa("judge", out / "tiny-random_M1_k2.json", "--against", out / "tiny-random_M0_k0.json",
+                      "--judge", f"local:{tiny_model_dir}", "--limit", 3, "--json", "--threads", 1)
+    summary = json.loads(judged.stdout)  # the costs of both sides come from the stats files beside them
+    assert summary["n"] == 3 and summary["mean_inferences_a"] == 4 and summary["mean_inferences_b"] == 1
+    assert summary["mean_board_s_a"] > 0 and summary["mean_latency_s_b"] > 0
+
 
 def test_ctrl_c_keeps_finished_outputs(tiny_model_dir, tmp_path):
     rows = [{"instruction": f"Tell me about topic {i}.", "dataset": DATASETS[i % 5]} for i in range(40)]
