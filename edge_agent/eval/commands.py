@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     configs = parse_configs(args.configs, label)
     if not args.verbose:  # the progress line says what happens; agents' INFO lines would drown it
         logging.getLogger("edge_agent").setLevel(logging.WARNING)
+    # SIGTERM (a scheduler, `kill`) ends the run as Ctrl-C does: the agents of a local mesh are stopped. Finished
+    # outputs are on disk either way (each answer rewrites its file atomically).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell: make it count
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return run_eval(args, items, configs, models)
 
 

@@ -48,6 +48,32 @@ def load_instructions(source: str) -> list[Instruction]:
     return out
 
 
+def stratified_order(pending: list[Instruction], done: list[Instruction], seed: int) -> list[Instruction]:
+    """`pending` in the order to ask them: at each step the dataset furthest below its share of the whole
+    (pending + done), a seeded random item within it. A run stopped at any point has answered a subset that is
+    as close to stratified as its finished part allows, not the first datasets of the file (AlpacaEval's are in
+    blocks)."""
+    rng = random.Random(seed)
+    queues: dict[str, list[Instruction]] = {}
+    for item in pending:
+        queues.setdefault(item.dataset, []).append(item)
+    for queue in queues.values():
+        rng.shuffle(queue)
+    sizes = {name: len(queue) for name, queue in queues.items()}
+    asked = {name: 0 for name in queues}
+    for item in done:
+        sizes[item.dataset] = sizes.get(item.dataset, 0) + 1
+        asked[item.dataset] = asked.get(item.dataset, 0) + 1
+    total = sum(sizes.values())
+    order = []
+    while len(order) < len(pending):
+        step = sum(asked.values()) + 1
+        name = max((n for n in queues if queues[n]), key=lambda n: (step * sizes[n] / total - asked[n], n))
+        order.append(queues[name].pop())
+        asked[name] += 1
+    return order
+
+
 def stratified_subset(items: list[Instruction], limit: int | None, seed: int) -> list[Instruction]:
     """`limit` instructions drawn at random within each `dataset`, in proportion to its size (largest remainders
     get the leftover places), returned in source order. The same seed and limit always give the same subset."""

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from ..client import MoaClient
 from ..errors import PeerTimeoutError
 from .grid import EvalConfig
-from .instructions import Instruction
+from .instructions import Instruction, stratified_order
 from .outputs import OutputFile
 from .progress import Progress
 
@@ -33,10 +33,11 @@ def answer_stats(answer: dict, count_tokens: Callable[[str], int] | None) -> dic
 
 def run_config(client: MoaClient, config: EvalConfig, items: list[Instruction], out: OutputFile, *,
                devices: list[str], parallel: int = 1, timeout_s: float = 900.0, max_new_tokens: int | None = None,
-               count_tokens: Callable[[str], int] | None = None) -> int:
-    """Ask every instruction not yet in `out`, at most `parallel` in flight, round-robin over `devices`.
+               count_tokens: Callable[[str], int] | None = None, seed: int = 0) -> int:
+    """Ask every instruction not yet in `out` (in `stratified_order`), at most `parallel` in flight, round-robin
+    over `devices`.
     Returns how many answers came back as errors (they are not written: a rerun asks them again)."""
-    pending = [item for item in items if not out.done(item)]
+    pending = stratified_order([i for i in items if not out.done(i)], [i for i in items if out.done(i)], seed)
     progress = Progress(out.generator, len(items), already=len(items) - len(pending))
     request = config.request()
     if max_new_tokens is not None:

@@ -79,7 +79,8 @@ def _run_all(args, client, devices, items, configs, count_tokens) -> int:
         print(f"[{n}/{len(configs)}] {config.generator}: {len(out)}/{len(items)} already done -> {out.path}",
               file=sys.stderr, flush=True)
         failed += run_config(client, config, items, out, devices=devices, parallel=args.parallel,
-                             timeout_s=args.timeout, max_new_tokens=args.max_new_tokens, count_tokens=count_tokens)
+                             timeout_s=args.timeout, max_new_tokens=args.max_new_tokens, count_tokens=count_tokens,
+                             seed=args.seed)
     if failed:
         print(f"{failed} answer(s) came back as errors (see the warnings); run again to retry them", file=sys.stderr)
     return 1 if failed else 0

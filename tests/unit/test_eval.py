@@ -7,7 +7,7 @@ import pytest
 
 from edge_agent.errors import ConfigError
 from edge_agent.eval.grid import models_label, parse_configs
-from edge_agent.eval.instructions import Instruction, stratified_subset
+from edge_agent.eval.instructions import Instruction, stratified_order, stratified_subset
 from edge_agent.eval.judge_prompt import pair_messages
 from edge_agent.eval.progress import format_duration
 from edge_agent.eval.sanity import REFUSAL, sanity_pairs, sanity_summary
@@ -56,6 +56,18 @@ def test_stratified_subset_keeps_dataset_shares_and_is_repeatable():
     assert subset == stratified_subset(source, 100, seed=3)
     assert subset != stratified_subset(source, 100, seed=4)
     assert stratified_subset(source, None, 0) == source
+
+
+def test_stratified_order_makes_every_prefix_close_to_stratified():
+    source = items({"a": 60, "b": 30, "c": 10})
+    done = [i for i in source if i.dataset == "a"][:20]  # a run stopped early, in file order
+    pending = [i for i in source if i not in done]
+    order = stratified_order(pending, done, seed=0)
+    assert sorted(i.index for i in order) == sorted(i.index for i in pending)
+    first = order[:30]  # with the 20 done: 50 answered, a b c in shares 6:3:1 as far as possible
+    answered = done + first
+    assert [sum(i.dataset == n for i in answered) for n in "abc"] == [30, 15, 5]
+    assert order == stratified_order(pending, done, seed=0) != stratified_order(pending, done, seed=1)
 
 
 def record(verdict, pref=None, flip=False, len_a=10, len_b=10):
