@@ -136,3 +136,18 @@ def test_judge_sanity_reports_accuracy_and_flip_rate(tiny_model_dir, instruction
 def test_judge_without_outputs_says_what_it_needs():
     result = edge_moa("judge", "--judge", "local:nowhere")
     assert result.returncode == 1 and "--against" in result.stderr
+
+
+def test_eval_against_an_existing_mesh_by_its_broker(tiny_model_dir, instructions, tmp_path):
+    from edge_agent.mesh import LocalMesh
+
+    root = f"test/{tmp_path.name[-10:]}/moa"
+    with LocalMesh(2, engine={"model": str(tiny_model_dir), "threads": 1}, moa={"max_new_tokens": 4},
+                   topic_root=root, workdir=tmp_path / "mesh") as mesh:
+        result = edge_moa("eval", "--instructions", instructions, "--limit", 4, "--configs", "1,1", "--out",
+                          tmp_path / "out", "--broker", f"{mesh.broker.host}:{mesh.broker.port}", "--topic-root",
+                          root, "--device", "agent1,agent2", "--max-new-tokens", 4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = [json.loads(line) for line in (tmp_path / "out" / "mesh_M1_k1.stats.jsonl").read_text().splitlines()]
+    assert len(stats) == 4 and {s["device"] for s in stats} == {"agent1", "agent2"}  # round-robin
+    assert all(s["inferences"] == 3 and "output_tokens" not in s for s in stats)
