@@ -33,6 +33,9 @@ def register_judge(sub) -> None:
     judge.add_argument("--context", type=int, default=4096, help="llama.cpp judges: context tokens")
     judge.add_argument("--max-output-chars", type=int, default=6000, help="cut longer outputs in the judge prompt")
     judge.add_argument("--json", action="store_true", help="print only the summary JSON")
+    judge.add_argument("--select", nargs="+", type=Path, metavar="OUTPUTS",
+                       help="best-of-n instead: per instruction, a knockout of these files' answers by the judge")
+    judge.add_argument("--out", type=Path, help="--select: where the selected outputs go")
     judge.set_defaults(func=cmd_judge)
 
 
@@ -43,6 +46,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
     from .summary import summarize
     from .verdicts import judge_pairs
 
+    if args.select:
+        return _cmd_select(args)
     if not args.sanity and (args.a is None or not args.against):
         raise ConfigError([("judge", None, "give OUTPUTS.json --against B.json|reference, or --sanity")])
     if args.sanity:
@@ -77,6 +82,22 @@ def cmd_judge(args: argparse.Namespace) -> int:
     if not args.json:
         print(text)
     print(json.dumps(summary))
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from .scorer import open_scorer
+    from .select import select_best
+
+    if len(args.select) < 2 or not args.out:
+        raise ConfigError([("--select", [str(p) for p in args.select], "needs two or more files and --out")])
+    scorer = open_scorer(args.judge, threads=args.threads, api_key_env=args.api_key_env, model=args.judge_model,
+                         context_tokens=args.context, top_logprobs=args.top_logprobs)
+    try:
+        count = select_best(scorer, args.select, args.out, max_output_chars=args.max_output_chars)
+    finally:
+        scorer.close()
+    print(json.dumps({"selected": count, "out": str(args.out), "ranker": scorer.name}))
     return 0
 
 

@@ -151,3 +151,20 @@ def test_eval_against_an_existing_mesh_by_its_broker(tiny_model_dir, instruction
     stats = [json.loads(line) for line in (tmp_path / "out" / "mesh_M1_k1.stats.jsonl").read_text().splitlines()]
     assert len(stats) == 4 and {s["device"] for s in stats} == {"agent1", "agent2"}  # round-robin
     assert all(s["inferences"] == 3 and "output_tokens" not in s for s in stats)
+
+
+def test_select_keeps_one_candidate_verbatim_per_instruction(tiny_model_dir, tmp_path):
+    rows = [{"instruction": f"Question {i}?", "dataset": "d", "datasplit": "eval"} for i in range(3)]
+    for n, text in enumerate(["first answer", "second, longer answer", "first answer"]):
+        (tmp_path / f"s{n}.json").write_text(json.dumps([dict(r, output=f"{text} {i}", generator=f"s{n}")
+                                                         for i, r in enumerate(rows)]))
+    out = tmp_path / "best.json"
+    result = edge_moa("judge", "--select", *(tmp_path / f"s{n}.json" for n in range(3)), "--out", out,
+                      "--judge", f"local:{tiny_model_dir}", "--threads", 1)
+    assert result.returncode == 0, result.stderr[-2000:]
+    best = json.loads(out.read_text())
+    assert [r["generator"] for r in best] == ["best"] * 3
+    for i, row in enumerate(best):
+        assert row["output"] in {f"first answer {i}", f"second, longer answer {i}"}
+    picked = [json.loads(line)["picked"] for line in out.with_suffix(".stats.jsonl").read_text().splitlines()]
+    assert len(picked) == 3 and set(picked) <= {0, 1}  # the third repeats the first: never judged
