@@ -93,7 +93,8 @@ def _register_features(sub) -> None:
     """The commands of the model, stability and provisioning parts (each module's `register(subparsers)`)."""
     import importlib
 
-    for name in ("edge_agent.model.commands", "edge_agent.stability.commands", "edge_agent.provision.commands"):
+    for name in ("edge_agent.model.commands", "edge_agent.stability.commands", "edge_agent.provision.commands",
+                 "edge_agent.eval.commands"):
         try:
             importlib.import_module(name).register(sub)
         except Exception as exc:  # noqa: BLE001  # a broken optional command must not stop the agent daemon
