@@ -63,7 +63,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _model_name(model: str) -> str:
     """The manifest's name of a built model (a catalogue name or a directory), for generator names."""
-    from ..model.manifest import read_manifest
-    from ..model.store import resolve_model_dir
+    from ..artifact.manifest import read_manifest
+    from ..artifact.store import resolve_model_dir
 
     return read_manifest(resolve_model_dir(model)).name

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from ..model.catalogue import CatalogueEntry, WeightPart
-from ..model.store import models_root
+from ..artifact.store import models_root
 
 log = logging.getLogger(__name__)
 

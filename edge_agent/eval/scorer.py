@@ -49,7 +49,7 @@ def open_scorer(spec: str, *, threads: int = 2, api_key_env: str = "OPENAI_API_K
             from .scorer_llama import LlamaScorer
 
             return LlamaScorer(judge_gguf(name), threads=threads, context_tokens=context_tokens)
-        from ..model.store import resolve_model_dir
+        from ..artifact.store import resolve_model_dir
         from .scorer_onnx import OnnxScorer
 
         return OnnxScorer(resolve_model_dir(name), threads=threads)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..engine.base import ChatMessage
 from ..errors import ConfigError
-from ..model.chat_template import ChatTemplate
+from ..artifact.chat_template import ChatTemplate
 from .scorer import log_softmax_at
 
 log = logging.getLogger(__name__)

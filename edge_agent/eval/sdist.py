@@ -9,8 +9,8 @@ import tarfile
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..model.manifest import sha256_file
-from ..model.store import models_root
+from ..artifact.verify import sha256_file
+from ..artifact.store import models_root
 
 log = logging.getLogger(__name__)
 

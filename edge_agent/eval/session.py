@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def local_mesh(models: list[str], *, threads: int, max_new_tokens: int, workdir) -> Iterator[tuple]:
     """A broker and one agent per model; yields (client, devices, token counter of the first model)."""
     from ..mesh import LocalMesh
-    from ..model.store import resolve_model_dir
+    from ..artifact.store import resolve_model_dir
 
     dirs = [resolve_model_dir(m) for m in models]
     per_agent = {f"agent{i}": {"model": str(d)} for i, d in enumerate(dirs, 1)}
@@ -46,7 +46,7 @@ def token_counter(model_dir) -> Callable[[str], int] | None:
     try:
         from tokenizers import Tokenizer
 
-        from ..model.manifest import read_manifest
+        from ..artifact.manifest import read_manifest
 
         tokenizer = Tokenizer.from_file(str(model_dir / read_manifest(model_dir).tokenizer))
     except Exception as exc:  # noqa: BLE001  # token counts are a nicety: say why they are missing

@@ -235,7 +235,7 @@ def test_unacknowledged_reply_is_sent_again_after_a_restart_and_old_rows_are_ans
         await wait_for(lambda: user.finals("apps/gone") and user.finals("apps/old"), what="both replies")
         assert user.finals("apps/gone")[0]["response"] == "kept"
         assert user.finals("apps/old")[0]["error"]["code"] == "internal"
-        assert agent.journal.unsent() == []
+        await wait_for(lambda: agent.journal.unsent() == [], what="the broker's acknowledgements marked")
         await stopped(agent)
 
     run(scenario())
