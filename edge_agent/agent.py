@@ -10,7 +10,6 @@ inside its own guard: whatever it does, it costs that message alone.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import statistics
@@ -25,7 +24,7 @@ from .config import AgentConfig
 from .engine import ChatMessage, Engine, Generation, GenerationRequest
 from .engine.worker import InferenceWorker, Job
 from .errors import EdgeMoaError, InferenceError, ProtocolError, Refusal, TooLargeError, TransportError
-from .ha_discovery import HA_ONLINE, discovery_payload, discovery_topic, ha_status_topic
+from .ha_discovery import DiscoveryAnnouncer, Publish
 from .intake import read_prompt
 from .journal import Journal, JournalEntry, UnreadableEntry
 from .metrics import AgentMetrics
@@ -93,6 +92,9 @@ class Agent:
         self.worker = worker
         self.metrics = metrics
         self.topics = Topics(config.mqtt.topic_root)
+        ha = config.home_assistant
+        self.discovery = DiscoveryAnnouncer(self.device, engine.model_id, __version__,
+                                            self.topics.status(self.device), prefix=ha.prefix) if ha.enabled else None
         self.peers = PeerTable(self.device, config.agent.peer_timeout_s)
         self.runs: dict[str, MoaRun] = {}
         self.rng = rng or random.Random()
@@ -137,8 +139,8 @@ class Agent:
                                qos=self.config.mqtt.qos)
         for topic in (self.topics.prompt(self.device), self.topics.my_inbox(self.device), self.topics.all_status()):
             self.transport.subscribe(topic, self.config.mqtt.qos)
-        if self.config.home_assistant.enabled:
-            self.transport.subscribe(ha_status_topic(self.config.home_assistant.prefix), 1)
+        for topic in self.discovery.subscriptions() if self.discovery else []:
+            self.transport.subscribe(topic, 1)
         await self._connect_with_retry()
         self._publish_status()
         self.replies.resend_unsent()
@@ -193,16 +195,12 @@ class Agent:
     def _on_connection(self, up: bool) -> None:
         if up:
             self._guarded(self._publish_status)
-            self._guarded(self._publish_discovery)
+            if self.discovery is not None:  # Home Assistant device discovery, retained, on every connect
+                self._guarded(lambda: self._publish_all(self.discovery.on_connected()))
 
-    def _publish_discovery(self) -> None:
-        """Home Assistant device discovery (retained), on every connect and when Home Assistant (re)starts."""
-        ha = self.config.home_assistant
-        if not ha.enabled or self.transport is None:
-            return
-        payload = discovery_payload(self.device, self.engine.model_id, __version__, self.topics.status(self.device))
-        self.transport.publish(discovery_topic(self.device, ha.prefix), json.dumps(payload).encode(), qos=1,
-                               retain=True)
+    def _publish_all(self, publishes: list[Publish]) -> None:
+        for item in publishes:
+            self.transport.publish(item.topic, item.payload, qos=1, retain=item.retain)
 
     def _on_published(self, mid: int) -> None:
         self._guarded(lambda: self.replies.on_published(mid))
@@ -234,9 +232,8 @@ class Agent:
         """Handle a message; True when it is held (acknowledged later, when handled)."""
         parsed = self.topics.parse(message.topic)
         if parsed is None:
-            ha = self.config.home_assistant
-            if ha.enabled and message.topic == ha_status_topic(ha.prefix) and message.payload.strip() == HA_ONLINE:
-                self._publish_discovery()
+            if self.discovery is not None:  # Home Assistant (re)started: its discovery config again
+                self._publish_all(self.discovery.on_message(message.topic, message.payload))
             return False
         device, kind, extra = parsed
         if len(message.payload) > self.config.limits.max_payload_bytes:

@@ -87,12 +87,15 @@ def run_agent(config: AgentConfig) -> None:
 def decommission(config: AgentConfig) -> list[str]:
     """Remove this agent from the mesh's view: empty retained payloads on its status topic and, when Home
     Assistant discovery is on, its discovery topic (Home Assistant deletes the device). Returns the topics."""
-    from .ha_discovery import REMOVAL_PAYLOAD, discovery_topic
+    from .ha_discovery import REMOVAL_PAYLOAD, DiscoveryAnnouncer
     from .topics import Topics
 
-    topics = [Topics(config.mqtt.topic_root).status(config.agent.device_id)]
+    status_topic = Topics(config.mqtt.topic_root).status(config.agent.device_id)
+    topics = [status_topic]
     if config.home_assistant.enabled:
-        topics.append(discovery_topic(config.agent.device_id, config.home_assistant.prefix))
+        announcer = DiscoveryAnnouncer(config.agent.device_id, None, __version__, status_topic,
+                                       prefix=config.home_assistant.prefix)
+        topics += [item.topic for item in announcer.decommission()]
     acked = threading.Event()
     pending: set[int] = set()
     lock = threading.Lock()
