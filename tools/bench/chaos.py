@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=300, help="prompts per load scenario and round")
     parser.add_argument("--fuzz", type=int, default=5000, help="fuzzed payloads per round")
     parser.add_argument("--rate", type=float, default=20.0, help="prompts per second sent")
+    parser.add_argument("--keep-logs", type=Path, default=Path("chaos-logs"),
+                        help="where the agent logs of a scenario with a traceback are kept")
     args = parser.parse_args(argv)
     outcomes = []
     started = time.monotonic()
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                 for outcome in run(Path(workdir)):
                     outcomes.append(outcome)
                     print(f"round {round_ + 1}: {outcome.line()}", flush=True)
+                    if outcome.extra.get("tracebacks"):
+                        kept = args.keep_logs / f"round{round_ + 1}-{len(outcomes)}"
+                        shutil.copytree(workdir, kept, ignore=shutil.ignore_patterns("*.sqlite*"))
+                        print(f"  agent logs with the traceback kept in {kept}", flush=True)
     result = summary(outcomes)
     result["wall_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(result))
