@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .broker_args import add_broker_args, broker_from_args
 from .errors import ConfigError, EdgeMoaError
+from .mqtt.broker_args import add_broker_args, broker_from_args
 
 log = logging.getLogger("edge_agent")
 EX_CONFIG = 78  # sysexits.h: the agent's unit has RestartPreventExitStatus=78
@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", type=float, default=1.5, help="seconds to collect retained statuses")
     status.set_defaults(func=cmd_status)
 
-    from . import demo
     from .gateway import commands as gateway
+    from .local import demo
 
     demo.register(sub)
     gateway.register(sub)
@@ -146,7 +146,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from .client import MoaClient
+    from .mqtt.client import MoaClient
 
     with MoaClient(broker_from_args(args), topic_root=args.topic_root) as client:
         answer = client.ask(args.device, args.prompt, timeout_s=args.timeout, layers=args.layers,
@@ -163,7 +163,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .client import MoaClient
+    from .mqtt.client import MoaClient
     from .status_view import render_table
 
     with MoaClient(broker_from_args(args), topic_root=args.topic_root) as client:

@@ -10,16 +10,16 @@ import time
 from functools import partial
 
 from . import __version__
-from .admission import Admission
-from .agent import Agent
+from .agent.admission import Admission
+from .agent.journal import Journal
+from .agent.loop import Agent
+from .agent.memory import MemoryProbe
+from .agent.metrics import AgentMetrics
 from .config import AgentConfig, MqttSection
 from .engine import create_engine
 from .engine.worker import InferenceWorker
 from .errors import ConfigError, TransportError
-from .journal import Journal
-from .memory import MemoryProbe
-from .metrics import AgentMetrics
-from .transport import BrokerSettings, PahoTransport
+from .mqtt.transport import BrokerSettings, PahoTransport
 
 log = logging.getLogger(__name__)
 AGENT_SESSION_EXPIRY_S = 300  # keep QoS 1 traffic for a restarting agent this long (persistent v5 session)
@@ -87,8 +87,8 @@ def run_agent(config: AgentConfig) -> None:
 def decommission(config: AgentConfig) -> list[str]:
     """Remove this agent from the mesh's view: empty retained payloads on its status topic and, when Home
     Assistant discovery is on, its discovery topic (Home Assistant deletes the device). Returns the topics."""
-    from .ha_discovery import REMOVAL_PAYLOAD, DiscoveryAnnouncer
-    from .topics import Topics
+    from .agent.ha_discovery import REMOVAL_PAYLOAD, DiscoveryAnnouncer
+    from .wire.topics import Topics
 
     status_topic = Topics(config.mqtt.topic_root).status(config.agent.device_id)
     topics = [status_topic]

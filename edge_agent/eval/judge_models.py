@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..model.catalogue import CatalogueEntry, WeightPart
 from ..artifact.store import models_root
+from ..model.catalogue import CatalogueEntry, WeightPart
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from ..client import MoaClient
 from ..errors import PeerTimeoutError
+from ..mqtt.client import MoaClient
 from .grid import EvalConfig
 from .instructions import Instruction, stratified_order
 from .outputs import OutputFile

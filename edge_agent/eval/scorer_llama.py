@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact.chat_template import ChatTemplate
 from ..engine.base import ChatMessage
 from ..errors import ConfigError
-from ..artifact.chat_template import ChatTemplate
 from .scorer import log_softmax_at
 
 log = logging.getLogger(__name__)

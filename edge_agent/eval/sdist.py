@@ -8,9 +8,9 @@ import sys
 import tarfile
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..artifact.verify import sha256_file
 from ..artifact.store import models_root
+from ..artifact.verify import sha256_file
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-from ..client import MoaClient
 from ..errors import ConfigError
+from ..mqtt.client import MoaClient
 from .grid import EvalConfig
 from .instructions import Instruction
 from .outputs import OutputFile
@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def local_mesh(models: list[str], *, threads: int, max_new_tokens: int, workdir) -> Iterator[tuple]:
     """A broker and one agent per model; yields (client, devices, token counter of the first model)."""
-    from ..mesh import LocalMesh
     from ..artifact.store import resolve_model_dir
+    from ..local.mesh import LocalMesh
 
     dirs = [resolve_model_dir(m) for m in models]
     per_agent = {f"agent{i}": {"model": str(d)} for i, d in enumerate(dirs, 1)}

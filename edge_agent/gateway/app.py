@@ -17,7 +17,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from .. import __version__
-from ..protocol import new_id
+from ..wire.messages import new_id
 from . import chat
 from .backend import AnswerTimeout, BrokerUnavailable, Delta, Final, GatewayBackend
 

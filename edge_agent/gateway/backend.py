@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from ..client import MoaClient
-from ..protocol import Status, new_id
+from ..mqtt.client import MoaClient
+from ..wire.messages import Status, new_id
 from .stream import ChunkAssembler
 
 log = logging.getLogger(__name__)

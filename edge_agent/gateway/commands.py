@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    from ..broker_args import add_broker_args
+    from ..mqtt.broker_args import add_broker_args
 
     gateway = sub.add_parser("gateway", help="an OpenAI-compatible HTTP API and a live mesh page for one board")
     add_broker_args(gateway)
@@ -50,9 +50,9 @@ def read_api_key(path: Path | None) -> str | None:
 def cmd_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ..broker_args import broker_from_args
-    from ..client import MoaClient
-    from ..protocol import new_id
+    from ..mqtt.broker_args import broker_from_args
+    from ..mqtt.client import MoaClient
+    from ..wire.messages import new_id
     from .app import create_app
     from .backend import GatewayBackend
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.chaos import (
+from edge_agent.local.chaos import (
     ChaosConfig,
     scenario_broker_kill,
     scenario_fuzz,

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from edge_agent.mosquitto import free_port
+from edge_agent.mqtt.broker_process import free_port
 from tests.integration.mesh_helpers import TestClient
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.mosquitto import MosquittoProcess, free_port
+from edge_agent.mqtt.broker_process import MosquittoProcess, free_port
 from edge_agent.provision import in_place_layout, parse_inventory, provision
 from edge_agent.provision.secret import PasswordStore
 

@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-from edge_agent.mesh import LocalMesh
-from edge_agent.transport import BrokerSettings, PahoTransport
+from edge_agent.local.mesh import LocalMesh
+from edge_agent.mqtt.transport import BrokerSettings, PahoTransport
 
 pytestmark = pytest.mark.slow
 

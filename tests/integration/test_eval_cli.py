@@ -139,7 +139,7 @@ def test_judge_without_outputs_says_what_it_needs():
 
 
 def test_eval_against_an_existing_mesh_by_its_broker(tiny_model_dir, instructions, tmp_path):
-    from edge_agent.mesh import LocalMesh
+    from edge_agent.local.mesh import LocalMesh
 
     root = f"test/{tmp_path.name[-10:]}/moa"
     with LocalMesh(2, engine={"model": str(tiny_model_dir), "threads": 1}, moa={"max_new_tokens": 4},

@@ -101,15 +101,20 @@ def test_every_board_runs_in_its_own_namespace(state):
     assert bridges == {("a", "b"): "b -> a", ("a", "c"): "c -> a", ("b", "d"): "d -> b", ("c", "d"): None}
 
 
-def test_one_answer_per_prompt_with_proposals_from_other_boards(state):
+def _listen(state, board: str, topic: str) -> subprocess.Popen:
+    """A user app on `board` (mosquitto_sub in the operator's namespace) printing every message on `topic`."""
     creds = fleet.ops_credentials(state)
+    return subprocess.Popen(
+        ["ip", "netns", "exec", state.ns("ops"), "mosquitto_sub", "-h", state.address(board), "-p",
+         str(state.ports[board]), "-V", "mqttv5", "--cafile", creds["tls_ca_file"], "--cert", creds["tls_cert_file"],
+         "--key", creds["tls_key_file"], "-u", creds["username"], "-P", creds["password"], "-q", "1",
+         "-t", topic], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_one_answer_per_prompt_with_proposals_from_other_boards(state):
     topic_root = fleet.topic_root(state)
     # a user app on board c watches every answer: each prompt must produce exactly one
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", state.ns("ops"), "mosquitto_sub", "-h", state.address("c"), "-p",
-         str(state.ports["c"]), "-V", "mqttv5", "--cafile", creds["tls_ca_file"], "--cert", creds["tls_cert_file"],
-         "--key", creds["tls_key_file"], "-u", creds["username"], "-P", creds["password"], "-q", "1",
-         "-t", f"{topic_root}/+/answer/#"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _listen(state, "c", f"{topic_root}/+/answer/#")
     try:
         time.sleep(0.5)
         answers = {device: ask(state, device, f"question for {device}", via="d") for device in ("a", "b", "c")}
@@ -161,11 +166,7 @@ def test_answers_down_the_tree_survive_a_60_s_outage(state):
     wait on a, in the 3.1.1 answers bridge's session, and arrive once after the link heals."""
     creds = fleet.ops_credentials(state)
     topic_root = fleet.topic_root(state)
-    listener = subprocess.Popen(
-        ["ip", "netns", "exec", state.ns("ops"), "mosquitto_sub", "-h", state.address("d"), "-p",
-         str(state.ports["d"]), "-V", "mqttv5", "--cafile", creds["tls_ca_file"], "--cert", creds["tls_cert_file"],
-         "--key", creds["tls_key_file"], "-u", creds["username"], "-P", creds["password"], "-q", "1",
-         "-t", f"{topic_root}/a/answer/#"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    listener = _listen(state, "d", f"{topic_root}/a/answer/#")
     ids = [f"outage-{uuid.uuid4().hex[:6]}-{i}" for i in range(5)]
     try:
         time.sleep(1.0)

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-from edge_agent.mosquitto import free_port, wait_for_port
+from edge_agent.mqtt.broker_process import free_port, wait_for_port
 
 
 def _echo_server() -> tuple[socket.socket, int]:

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from edge_agent.mesh import LocalMesh
-from edge_agent.moa import inferences_per_prompt
-from edge_agent.mosquitto import MosquittoProcess
+from edge_agent.agent.moa import inferences_per_prompt
+from edge_agent.local.mesh import LocalMesh
+from edge_agent.mqtt.broker_process import MosquittoProcess
 from tests.integration.gateway_helpers import FakeStreamingAgent, GatewayProcess, get_json
 
 pytestmark = pytest.mark.slow

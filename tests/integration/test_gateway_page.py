@@ -12,8 +12,8 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from edge_agent.mesh import LocalMesh
-from edge_agent.mosquitto import MosquittoProcess
+from edge_agent.local.mesh import LocalMesh
+from edge_agent.mqtt.broker_process import MosquittoProcess
 from tests.integration.gateway_helpers import GatewayProcess
 from tests.integration.page_browser import headless_chromium
 

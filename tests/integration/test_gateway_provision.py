@@ -9,10 +9,10 @@ import subprocess
 import openai
 import pytest
 
-from edge_agent.client import MoaClient
 from edge_agent.errors import PeerTimeoutError
+from edge_agent.mqtt.client import MoaClient
+from edge_agent.mqtt.transport import BrokerSettings
 from edge_agent.provision import in_place_layout, parse_inventory, provision
-from edge_agent.transport import BrokerSettings
 from tests.conftest import attach_on_failure
 from tests.integration.gateway_helpers import GatewayProcess
 from tests.integration.mesh_helpers import AgentProcesses, ProvisionedMesh

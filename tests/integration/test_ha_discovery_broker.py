@@ -7,9 +7,9 @@ import json
 import threading
 import uuid
 
-from edge_agent.ha_discovery import DiscoveryAnnouncer
-from edge_agent.topics import Topics
-from edge_agent.transport import BrokerSettings, PahoTransport
+from edge_agent.agent.ha_discovery import DiscoveryAnnouncer
+from edge_agent.mqtt.transport import BrokerSettings, PahoTransport
+from edge_agent.wire.topics import Topics
 from tests.integration.mesh_helpers import TestClient, wait_until
 
 

@@ -2,8 +2,8 @@
 
 import sqlite3
 
-from edge_agent.journal import Journal, JournalEntry, UnreadableEntry
-from edge_agent.protocol import LayerTrace, TraceEntry, UserRequest
+from edge_agent.agent.journal import Journal, JournalEntry, UnreadableEntry
+from edge_agent.wire.messages import LayerTrace, TraceEntry, UserRequest
 
 
 def request(rid):

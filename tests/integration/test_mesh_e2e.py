@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from edge_agent.client import MoaClient
-from edge_agent.transport import BrokerSettings
+from edge_agent.mqtt.client import MoaClient
+from edge_agent.mqtt.transport import BrokerSettings
 from tests.conftest import attach_on_failure
 from tests.integration.mesh_helpers import AgentProcesses, ProvisionedMesh, wait_until
 

@@ -6,7 +6,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_agent.metrics import AgentMetrics
+from edge_agent.agent.metrics import AgentMetrics
 
 
 def scrape(port: int, path: str = "/metrics") -> tuple[str, str]:

@@ -8,16 +8,16 @@ import time
 from functools import partial
 from pathlib import Path
 
-from edge_agent.admission import Admission
-from edge_agent.agent import Agent
+from edge_agent.agent.admission import Admission
+from edge_agent.agent.loop import Agent
+from edge_agent.agent.memory import MemoryProbe
 from edge_agent.config import AgentConfig
 from edge_agent.engine.synthetic import SyntheticEngine
 from edge_agent.engine.worker import InferenceWorker
-from edge_agent.memory import MemoryProbe
-from edge_agent.memory_transport import MemoryBroker, MemoryTransport
+from edge_agent.mqtt.api import RawMessage
+from edge_agent.mqtt.memory import MemoryBroker, MemoryTransport
 from edge_agent.node import open_journal
-from edge_agent.topics import Topics
-from edge_agent.transport_api import RawMessage
+from edge_agent.wire.topics import Topics
 
 ROOT = "moa/v1"
 

@@ -6,11 +6,11 @@ import asyncio
 import json
 import sqlite3
 
+from edge_agent.agent.journal import Journal
 from edge_agent.engine.synthetic import SyntheticEngine
-from edge_agent.journal import Journal
-from edge_agent.memory_transport import MemoryBroker
-from edge_agent.protocol import ResultMessage, Status, TaskAckMessage, UserRequest, encode
-from edge_agent.topics import Topics
+from edge_agent.mqtt.memory import MemoryBroker
+from edge_agent.wire.messages import ResultMessage, Status, TaskAckMessage, UserRequest, encode
+from edge_agent.wire.topics import Topics
 from tests.unit.agent_harness import ROOT, User, kill, make_agent, started, stopped, wait_for
 
 TOPICS = Topics(ROOT)

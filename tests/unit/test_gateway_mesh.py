@@ -1,7 +1,7 @@
 """The gateway's view of the mesh for its page: last status per agent and a bounded, windowed history."""
 
 from edge_agent.gateway.backend import MeshWatch
-from edge_agent.protocol import Status
+from edge_agent.wire.messages import Status
 
 
 def status(device, queue, p50=None, online=True):

@@ -7,15 +7,15 @@ import jinja2
 import pytest
 
 from edge_agent import __version__
-from edge_agent.ha_discovery import (
+from edge_agent.agent.ha_discovery import (
     HA_STATUS_TOPIC,
     REMOVAL_PAYLOAD,
     discovery_payload,
     discovery_topic,
     ha_status_topic,
 )
-from edge_agent.protocol import Status
-from edge_agent.topics import Topics
+from edge_agent.wire.messages import Status
+from edge_agent.wire.topics import Topics
 
 STATUS_TOPIC = Topics("moa/v1").status("agent1")
 PLATFORMS = {"sensor", "binary_sensor"}
@@ -116,7 +116,7 @@ def test_a_device_id_unusable_in_topics_is_refused():
 
 
 def test_announcer_decides_when_to_publish():
-    from edge_agent.ha_discovery import DiscoveryAnnouncer
+    from edge_agent.agent.ha_discovery import DiscoveryAnnouncer
 
     announcer = DiscoveryAnnouncer("agent1", "m", "1", STATUS_TOPIC, prefix="ha")
     assert announcer.subscriptions() == ["ha/status"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from edge_agent.metrics import AgentMetrics
+from edge_agent.agent.metrics import AgentMetrics
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "ecosystem.md"
 

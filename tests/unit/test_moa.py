@@ -4,8 +4,7 @@ import random
 
 import pytest
 
-from edge_agent.config import SYNTHESIS_SYSTEM_PROMPT
-from edge_agent.moa import (
+from edge_agent.agent.moa import (
     Finish,
     LayerDone,
     MoaRun,
@@ -16,7 +15,8 @@ from edge_agent.moa import (
     proposal_messages,
     synthesis_text,
 )
-from edge_agent.protocol import ErrorBody, UserRequest
+from edge_agent.config import SYNTHESIS_SYSTEM_PROMPT
+from edge_agent.wire.messages import ErrorBody, UserRequest
 
 PEERS = ["b", "c", "d", "e"]
 
@@ -168,7 +168,7 @@ def test_resume_from_checkpoint_starts_at_the_recorded_layer():
 
 
 def test_speed_aware_choice_keeps_the_lowest_expected_wait_of_d_candidates():
-    from edge_agent.peers import choose_peers
+    from edge_agent.agent.peers import choose_peers
 
     wait = {"b": 5.0, "c": 1.0, "d": 3.0, "e": 0.5}
     rng = random.Random(0)

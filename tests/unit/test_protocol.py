@@ -5,7 +5,7 @@ import json
 import pytest
 
 from edge_agent.errors import ProtocolError
-from edge_agent.protocol import (
+from edge_agent.wire.messages import (
     ResultMessage,
     TaskMessage,
     WireChatMessage,
@@ -15,7 +15,7 @@ from edge_agent.protocol import (
     encode,
     parse_prompt_json,
 )
-from edge_agent.topics import Topics
+from edge_agent.wire.topics import Topics
 
 topics = Topics("moa/v1")
 
@@ -98,7 +98,7 @@ def test_topics_parse():
 
 
 def test_deep_nesting_is_refused_before_the_parser_sees_it():
-    from edge_agent.protocol import MAX_JSON_DEPTH, json_depth, load_json
+    from edge_agent.wire.messages import MAX_JSON_DEPTH, json_depth, load_json
 
     assert json_depth('{"a": [1, {"b": "[[[\\"["}]}') == 3  # brackets inside strings do not count
     with pytest.raises(ProtocolError, match="nests deeper"):

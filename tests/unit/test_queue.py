@@ -2,11 +2,11 @@
 
 import random
 
+from edge_agent.agent.memory import MB, MemoryReading, queue_cap_bytes, task_charge_bytes
+from edge_agent.agent.peers import PeerTable, choose_peers
+from edge_agent.agent.prompt_queue import PromptQueue, QueuedTask, admit
 from edge_agent.engine import ChatMessage, GenerationRequest
-from edge_agent.memory import MB, MemoryReading, queue_cap_bytes, task_charge_bytes
-from edge_agent.peers import PeerTable, choose_peers
-from edge_agent.prompt_queue import PromptQueue, QueuedTask, admit
-from edge_agent.protocol import Status
+from edge_agent.wire.messages import Status
 
 
 def task(task_id, charge):

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edge_agent.chaos import (
+from edge_agent.local.chaos import (
     ChaosConfig,
     scenario_broker_kill,
     scenario_fuzz,

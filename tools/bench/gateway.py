@@ -21,8 +21,8 @@ import uuid
 from pathlib import Path
 
 from edge_agent.config import DEFAULT_MODEL
-from edge_agent.mesh import LocalMesh
-from edge_agent.mosquitto import free_port
+from edge_agent.local.mesh import LocalMesh
+from edge_agent.mqtt.broker_process import free_port
 
 
 def percentile(values: list[float], q: float) -> float:

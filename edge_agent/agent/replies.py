@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
+from ..mqtt.api import Transport
+from ..wire.messages import Chunk, ErrorAnswer, ErrorBody, ReplyRoute, encode
 from .journal import Journal
-from .protocol import Chunk, ErrorAnswer, ErrorBody, ReplyRoute, encode
-from .transport_api import Transport
 
 log = logging.getLogger(__name__)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .config import LimitsSection, MoaSection
-from .errors import Refusal
-from .protocol import ReplyRoute, UserRequest, check_publish_topic, new_id, parse_prompt_json
-from .topics import Topics
-from .transport_api import RawMessage
+from ..config import LimitsSection, MoaSection
+from ..errors import Refusal
+from ..mqtt.api import RawMessage
+from ..wire.messages import ReplyRoute, UserRequest, check_publish_topic, new_id, parse_prompt_json
+from ..wire.topics import Topics
 
 
 def read_prompt(message: RawMessage, *, device: str, topics: Topics, moa: MoaSection, limits: LimitsSection,

@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from .config import DEFAULT_MODEL
+from ..config import DEFAULT_MODEL
 
 SAMPLE_PROMPTS = [
     "What is the capital of France? Answer in one sentence.",
@@ -33,9 +33,9 @@ def register(sub) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .artifact.store import resolve_model_dir
+    from ..artifact.store import resolve_model_dir
+    from ..mqtt.broker_process import local_broker
     from .mesh import LocalMesh
-    from .mosquitto import local_broker
 
     model_dir = resolve_model_dir(args.model)
     # SIGTERM (a supervisor, `timeout`, a test harness) must tear the mesh down like Ctrl-C: no orphans.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .config import DEVICE_ID_PATTERN
-from .errors import ProtocolError
+from ..config import DEVICE_ID_PATTERN
+from ..errors import ProtocolError
 
 _DEVICE = re.compile(DEVICE_ID_PATTERN)
 

@@ -11,8 +11,16 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..wire.messages import (
+    ErrorBody,
+    LayerTrace,
+    TaskMessage,
+    TraceEntry,
+    UserRequest,
+    WireChatMessage,
+    new_id,
+)
 from .peers import choose_peers
-from .protocol import ErrorBody, LayerTrace, TaskMessage, TraceEntry, UserRequest, WireChatMessage, new_id
 
 # ---------------------------------------------------------------- prompts
 

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from .errors import PeerTimeoutError, ProtocolError
-from .protocol import Status, decode_status, new_id
-from .topics import Topics
+from ..errors import PeerTimeoutError, ProtocolError
+from ..wire.messages import Status, decode_status, new_id
+from ..wire.topics import Topics
 from .transport import BrokerSettings, PahoTransport, RawMessage
 
 

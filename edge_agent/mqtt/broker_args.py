@@ -7,7 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def add_broker_args(parser: argparse.ArgumentParser) -> None:

@@ -17,11 +17,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..mqtt.api import RawMessage
+from ..mqtt.broker_process import MosquittoProcess, wait_for_port
+from ..mqtt.transport import BrokerSettings, PahoTransport
+from ..wire.topics import Topics
 from .mesh import LocalMesh
-from .mosquitto import MosquittoProcess, wait_for_port
-from .topics import Topics
-from .transport import BrokerSettings, PahoTransport
-from .transport_api import RawMessage
 
 log = logging.getLogger(__name__)
 

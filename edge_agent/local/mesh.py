@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .client import MoaClient
-from .config import parse_config
-from .errors import TransportError
-from .mosquitto import BrokerProcess, free_port, local_broker
-from .transport import BrokerSettings
+from ..config import parse_config
+from ..errors import TransportError
+from ..mqtt.broker_process import BrokerProcess, free_port, local_broker
+from ..mqtt.client import MoaClient
+from ..mqtt.transport import BrokerSettings
 
 log = logging.getLogger(__name__)
 

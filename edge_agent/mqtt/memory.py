@@ -11,8 +11,8 @@ import itertools
 import threading
 from collections.abc import Callable
 
-from .errors import TransportError
-from .transport_api import (
+from ..errors import TransportError
+from .api import (
     ConnectionHandler,
     MessageHandler,
     PublishedHandler,

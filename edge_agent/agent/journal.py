@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .protocol import LayerTrace, UserRequest
+from ..wire.messages import LayerTrace, UserRequest
 
 log = logging.getLogger(__name__)
 SCHEMA = """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .config import QueueSection
-from .engine import GenerationRequest
+from ..config import QueueSection
+from ..engine import GenerationRequest
 from .memory import MemoryProbe, MemoryReading, queue_cap_bytes, task_charge_bytes
 from .prompt_queue import PromptQueue, QueuedTask, admit
 

@@ -18,20 +18,13 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import __version__
-from .admission import Admission
-from .config import AgentConfig
-from .engine import ChatMessage, Engine, Generation, GenerationRequest
-from .engine.worker import InferenceWorker, Job
-from .errors import EdgeMoaError, InferenceError, ProtocolError, Refusal, TooLargeError, TransportError
-from .ha_discovery import DiscoveryAnnouncer, Publish
-from .intake import read_prompt
-from .journal import Journal, JournalEntry, UnreadableEntry
-from .metrics import AgentMetrics
-from .moa import Finish, LayerDone, MoaRun, MoaTimeouts, RunLocal, SendTask
-from .peers import PeerTable
-from .prompt_queue import QueuedTask
-from .protocol import (
+from .. import __version__
+from ..config import AgentConfig
+from ..engine import ChatMessage, Engine, Generation, GenerationRequest
+from ..engine.worker import InferenceWorker, Job
+from ..errors import EdgeMoaError, InferenceError, ProtocolError, Refusal, TooLargeError, TransportError
+from ..mqtt.api import RawMessage, Transport, TransportFactory, Will
+from ..wire.messages import (
     Answer,
     ErrorBody,
     ReplyRoute,
@@ -46,9 +39,16 @@ from .protocol import (
     encode,
     load_json,
 )
+from ..wire.topics import Topics
+from .admission import Admission
+from .ha_discovery import DiscoveryAnnouncer, Publish
+from .intake import read_prompt
+from .journal import Journal, JournalEntry, UnreadableEntry
+from .metrics import AgentMetrics
+from .moa import Finish, LayerDone, MoaRun, MoaTimeouts, RunLocal, SendTask
+from .peers import PeerTable
+from .prompt_queue import QueuedTask
 from .replies import Replies, error_payload
-from .topics import Topics
-from .transport_api import RawMessage, Transport, TransportFactory, Will
 
 log = logging.getLogger(__name__)
 TICK_S = 0.2

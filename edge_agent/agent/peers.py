@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from .protocol import Status
+from ..wire.messages import Status
 
 
 def choose_peers(alive: Sequence[str], k: int, rng: random.Random, exclude: Iterable[str] = (),

@@ -9,9 +9,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from . import PROTOCOL_VERSION
-from .config import DEVICE_ID_PATTERN
-from .errors import ProtocolError
+from .. import PROTOCOL_VERSION
+from ..config import DEVICE_ID_PATTERN
+from ..errors import ProtocolError
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)

@@ -14,8 +14,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .errors import TransportError
-from .transport_api import PublishedHandler, RawMessage, Will
+from ..errors import TransportError
+from .api import PublishedHandler, RawMessage, Will
 
 log = logging.getLogger(__name__)
 __all__ = ["BrokerSettings", "PahoTransport", "RawMessage", "Will", "parse_broker_address"]

@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import TransportError
-from .resources import data_dir
+from ..errors import TransportError
+from ..resources import data_dir
 
 log = logging.getLogger(__name__)
 
