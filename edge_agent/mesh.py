@@ -15,7 +15,7 @@ from typing import Any
 from .client import MoaClient
 from .config import parse_config
 from .errors import TransportError
-from .mosquitto import BrokerProcess, local_broker
+from .mosquitto import BrokerProcess, free_port, local_broker
 from .transport import BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class LocalMesh:
     def __init__(self, n: int = 4, *, engine: dict | None = None, moa: dict | None = None,
                  queue: dict | None = None, agent: dict | None = None, topic_root: str = "moa/v1",
                  workdir: Path | None = None, broker: BrokerProcess | None = None, log_level: str = "-v",
-                 engine_per_agent: dict[str, dict] | None = None):
+                 engine_per_agent: dict[str, dict] | None = None, metrics: bool = False):
         self.devices = [f"agent{i}" for i in range(1, n + 1)]
         self.topic_root = topic_root
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edge-moa-mesh-"))
@@ -59,6 +59,8 @@ class LocalMesh:
         self.broker = broker or local_broker()
         self._procs: dict[str, subprocess.Popen] = {}
         self._log_level = log_level
+        self._metrics_ports: dict[str, int] = {}  # with metrics=True: each agent's /metrics port ([metrics])
+        self._metrics = metrics
 
     # -- lifecycle --
     def start(self, timeout_s: float = 120.0) -> LocalMesh:
@@ -81,6 +83,9 @@ class LocalMesh:
             "moa": self._sections["moa"], "queue": self._sections["queue"],
             "engine": {**self._sections["engine"], **self._engine_per_agent.get(device, {})},
         }
+        if self._metrics:
+            port = self._metrics_ports.setdefault(device, free_port())
+            sections["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": port}
         text = render_agent_toml(sections)
         parse_config(__import__("tomllib").loads(text))  # fail here, not in a child process
         path = self.config_path(device)
@@ -135,6 +140,10 @@ class LocalMesh:
 
     def client(self) -> MoaClient:
         return MoaClient(self.settings(), topic_root=self.topic_root).connect()
+
+    def metrics_url(self, device: str) -> str | None:
+        port = self._metrics_ports.get(device)
+        return f"http://127.0.0.1:{port}/metrics" if port else None
 
     def agent_log(self, device: str) -> str:
         path = self.workdir / device / "agent.log"
