@@ -10,6 +10,7 @@ inside its own guard: whatever it does, it costs that message alone.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import statistics
@@ -23,9 +24,11 @@ from .admission import Admission
 from .config import AgentConfig
 from .engine import ChatMessage, Engine, Generation, GenerationRequest
 from .engine.worker import InferenceWorker, Job
-from .errors import EdgeMoaError, InferenceError, ProtocolError, TooLargeError, TransportError
-from .intake import Refusal, read_prompt
+from .errors import EdgeMoaError, InferenceError, ProtocolError, Refusal, TooLargeError, TransportError
+from .ha_discovery import HA_ONLINE, discovery_payload, discovery_topic, ha_status_topic
+from .intake import read_prompt
 from .journal import Journal, JournalEntry, UnreadableEntry
+from .metrics import AgentMetrics
 from .moa import Finish, LayerDone, MoaRun, MoaTimeouts, RunLocal, SendTask
 from .peers import PeerTable
 from .prompt_queue import QueuedTask
@@ -80,13 +83,15 @@ class Stream:
 
 class Agent:
     def __init__(self, *, config: AgentConfig, engine: Engine, journal: Journal, admission: Admission,
-                 worker: InferenceWorker, transport_factory: TransportFactory, rng: random.Random | None = None):
+                 worker: InferenceWorker, transport_factory: TransportFactory, metrics: AgentMetrics | None = None,
+                 rng: random.Random | None = None):
         self.config = config
         self.device = config.agent.device_id
         self.engine = engine
         self.journal = journal
         self.admission = admission
         self.worker = worker
+        self.metrics = metrics
         self.topics = Topics(config.mqtt.topic_root)
         self.peers = PeerTable(self.device, config.agent.peer_timeout_s)
         self.runs: dict[str, MoaRun] = {}
@@ -132,6 +137,8 @@ class Agent:
                                qos=self.config.mqtt.qos)
         for topic in (self.topics.prompt(self.device), self.topics.my_inbox(self.device), self.topics.all_status()):
             self.transport.subscribe(topic, self.config.mqtt.qos)
+        if self.config.home_assistant.enabled:
+            self.transport.subscribe(ha_status_topic(self.config.home_assistant.prefix), 1)
         await self._connect_with_retry()
         self._publish_status()
         self.replies.resend_unsent()
@@ -149,6 +156,8 @@ class Agent:
         self.transport.close()
         self.worker.close(timeout_s=0.5)
         self.journal.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def stop(self) -> None:
         if self._loop and self._stop:
@@ -184,6 +193,16 @@ class Agent:
     def _on_connection(self, up: bool) -> None:
         if up:
             self._guarded(self._publish_status)
+            self._guarded(self._publish_discovery)
+
+    def _publish_discovery(self) -> None:
+        """Home Assistant device discovery (retained), on every connect and when Home Assistant (re)starts."""
+        ha = self.config.home_assistant
+        if not ha.enabled or self.transport is None:
+            return
+        payload = discovery_payload(self.device, self.engine.model_id, __version__, self.topics.status(self.device))
+        self.transport.publish(discovery_topic(self.device, ha.prefix), json.dumps(payload).encode(), qos=1,
+                               retain=True)
 
     def _on_published(self, mid: int) -> None:
         self._guarded(lambda: self.replies.on_published(mid))
@@ -197,7 +216,7 @@ class Agent:
         except ProtocolError as exc:
             log.warning("bad message on %s: %s; payload %r", message.topic, exc, message.payload[:200])
             self._refuse_unreadable(message, exc.code, str(exc))
-        except Exception as exc:  # noqa: BLE001  # contained: the agent must outlive any input
+        except Exception as exc:  # contained: the agent must outlive any input
             log.warning("handling a message on %s failed: %r; payload %r", message.topic, exc, message.payload[:200],
                         exc_info=True)
             self._refuse_unreadable(message, "internal", f"the agent could not handle this message: {exc!r}"[:300])
@@ -208,13 +227,16 @@ class Agent:
     def _ack(self, message: RawMessage) -> None:
         try:
             self.transport.ack(message)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("acknowledging a message on %s failed", message.topic)
 
     def _route(self, message: RawMessage) -> bool:
         """Handle a message; True when it is held (acknowledged later, when handled)."""
         parsed = self.topics.parse(message.topic)
         if parsed is None:
+            ha = self.config.home_assistant
+            if ha.enabled and message.topic == ha_status_topic(ha.prefix) and message.payload.strip() == HA_ONLINE:
+                self._publish_discovery()
             return False
         device, kind, extra = parsed
         if len(message.payload) > self.config.limits.max_payload_bytes:
@@ -240,7 +262,7 @@ class Agent:
                                       lambda rid: self.topics.answer(self.device, rid))
             if route is not None:
                 self.replies.refuse(route, code, text)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not send the error for a message on %s", message.topic)
 
     def _reject_oversized(self, kind: str, device: str, message: RawMessage) -> None:
@@ -270,7 +292,7 @@ class Agent:
                 self._execute(run, run.on_peer_gone(status.device, self._alive(), self.rng, time.monotonic()))
 
     def _on_prompt(self, message: RawMessage) -> None:
-        answer_topic = lambda rid: self.topics.answer(self.device, rid)  # noqa: E731
+        answer_topic = lambda rid: self.topics.answer(self.device, rid)
         try:
             request = read_prompt(message, device=self.device, topics=self.topics, moa=self.config.moa,
                                   limits=self.config.limits, received_at=time.time())
@@ -281,11 +303,13 @@ class Agent:
         except (ProtocolError, TooLargeError) as exc:
             route = best_effort_route(message.payload, message.response_topic, message.correlation_data, answer_topic)
             log.warning("refused prompt (%s): %s; payload %r", exc.code, exc, message.payload[:200])
+            self._observe("observe_refusal", exc.code)
             if route:
                 self.replies.refuse(route, exc.code, str(exc))
             return
         except Refusal as refusal:
             log.warning("refused prompt %s: %s", refusal.route.request_id, refusal.message)
+            self._observe("observe_refusal", refusal.code)
             self.replies.refuse(refusal.route, refusal.code, refusal.message)
             return
         run = self._new_run(request, remaining_s=request.deadline_at - request.received_at)
@@ -378,6 +402,7 @@ class Agent:
                                     enqueued_at=time.monotonic()))
         else:
             log.info("refused task %s from %s: %s", task.task_id, task.sender, reason)
+            self._observe("observe_refusal", reason)
         ack = TaskAckMessage(sender=self.device, request_id=task.request_id, layer=task.layer, task_id=task.task_id,
                              accepted=reason is None, reason=reason, queue_length=len(self.admission.ledger),
                              eta_s=min(self._eta_s(), 86400.0))
@@ -389,7 +414,7 @@ class Agent:
         for action in actions:
             try:
                 self._carry_out(run, action)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.exception("request %s: %s failed", run.request.request_id, type(action).__name__)
                 if run.request.request_id in self.runs and not isinstance(action, Finish):
                     run.finished = True
@@ -426,6 +451,7 @@ class Agent:
         route = route_of(request)
         if finish.error is not None:
             self.counts["failed"] += 1
+            self._observe("observe_failure", finish.error.code)
             log.warning("request %s failed: %s", request.request_id, finish.error.message)
             self.replies.finish(route, error_payload(self.device, route, finish.error.code, finish.error.message))
             return
@@ -437,6 +463,7 @@ class Agent:
         )
         self.counts["answered"] += 1
         self._latencies.append(answer.latency_s)
+        self._observe("observe_answer", answer.latency_s, request.layers, request.proposers)
         log.info("answered %s in %.2fs (%d inferences)", request.request_id, answer.latency_s, answer.inferences)
         self.replies.finish(route, encode(answer))
 
@@ -451,7 +478,7 @@ class Agent:
         on_delta = None
         stream = self._streams.get(task.request_id) if task.origin == self.device else None
         if stream is not None and task.layer > self.runs[task.request_id].request.layers:  # the final aggregation
-            on_delta = lambda text, rid=task.request_id, tid=task.task_id: hop(self._on_delta, rid, tid, text)  # noqa: E731
+            on_delta = lambda text, rid=task.request_id, tid=task.task_id: hop(self._on_delta, rid, tid, text)
         try:
             self.worker.submit(Job(key=task.task_id, request=task.generation,
                                    on_done=lambda outcome, task=task: hop(self._on_done, task, outcome),
@@ -473,9 +500,12 @@ class Agent:
         if self.admission.release(task.task_id) is None:
             return  # already settled
         self.counts["served"] += 1
+        self._observe("task_served", task.origin != self.device)
+        if isinstance(outcome, Generation):
+            self._observe("observe_inference", outcome.seconds, outcome.new_tokens, getattr(outcome, "batch_size", 1))
         try:
             self._complete(task, outcome)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("completing task %s of %s failed", task.task_id, task.request_id)
 
     def _complete(self, task: QueuedTask, outcome: Generation | Exception) -> None:
@@ -506,7 +536,7 @@ class Agent:
         moa = self.config.moa
         cost = None
         if moa.peer_policy == "speed-aware":
-            cost = lambda device: self.peers.expected_wait_s(device, self.alpha_s or 1.0)  # noqa: E731
+            cost = lambda device: self.peers.expected_wait_s(device, self.alpha_s or 1.0)
         run = MoaRun(request=request, self_id=self.device, system_prompt=moa.system_prompt,
                      timeouts=self._timeouts, peer_cost=cost, peer_candidates=max(moa.peer_candidates, 1),
                      local_eta=self._local_eta_s, **progress)
@@ -524,7 +554,7 @@ class Agent:
         for run in list(self.runs.values()):
             try:
                 self._execute(run, run.on_tick(self._alive(), self.rng, now))
-            except Exception:  # noqa: BLE001  # one run's failure must not stop the others' clocks
+            except Exception:  # one run's failure must not stop the others' clocks
                 log.exception("tick of request %s failed", run.request.request_id)
         if now - self._last_prune > PRUNE_EVERY_S:
             self._last_prune = now
@@ -552,7 +582,7 @@ class Agent:
                     self._answer_unreadable(entry)
                 else:
                     self._resume(entry)
-            except Exception:  # noqa: BLE001  # one bad row must not keep the others from resuming
+            except Exception:  # one bad row must not keep the others from resuming
                 log.exception("resuming journaled request %s failed", getattr(entry, "request_id", "?"))
 
     def _resume(self, entry: JournalEntry) -> None:
@@ -603,7 +633,22 @@ class Agent:
     def _publish_status(self) -> None:
         if self.transport is None:
             return
-        self.transport.publish(self.topics.status(self.device), encode(self.status()), qos=1, retain=True)
+        status = self.status()
+        self.transport.publish(self.topics.status(self.device), encode(status), qos=1, retain=True)
+        if self.metrics is not None:
+            rows = self.journal.counts()
+            self.metrics.set_state(queue_length=status.queue_length, queue_bytes=status.queue_bytes,
+                                   queue_cap_bytes=status.queue_cap_bytes, alpha_s=status.alpha_s,
+                                   peers_alive=len(self._alive()), journal_rows=rows["prompts"] + rows["stored_replies"],
+                                   memory_available_bytes=status.memory_available_bytes)
+
+    def _observe(self, method: str, *args) -> None:
+        """Metrics never decide anything: a failing observation is logged and forgotten."""
+        if self.metrics is not None:
+            try:
+                getattr(self.metrics, method)(*args)
+            except Exception:
+                log.exception("metrics %s failed", method)
 
 
 def route_of(request: UserRequest) -> ReplyRoute:

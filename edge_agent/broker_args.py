@@ -1,10 +1,13 @@
-"""The broker options every MQTT command shares (ask, status, gateway): flags in, BrokerSettings out."""
+"""Command-line options for reaching a broker, shared by every command that is an MQTT client (ask, status,
+gateway, experiment): the same TLS and credential flags everywhere."""
 
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
+
+from .errors import ConfigError
 
 
 def add_broker_args(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +26,14 @@ def broker_from_args(args: argparse.Namespace):
     from .transport import BrokerSettings, parse_broker_address
 
     host, port = parse_broker_address(args.broker)
-    password = args.password_file.read_text().strip() if args.password_file else None
+    password = None
+    if args.password_file:
+        try:
+            password = args.password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError([("--password-file", str(args.password_file), f"cannot read: {exc.strerror}")]) from None
+    if args.tls_cert_file and not args.tls_ca_file:
+        raise ConfigError([("--tls-cert-file", args.tls_cert_file, "needs --tls-ca-file (without it: plaintext)")])
     return BrokerSettings(host=host, port=port, protocol=args.mqtt_protocol, username=args.username,
                           password=password, tls_ca_file=args.tls_ca_file, tls_cert_file=args.tls_cert_file,
                           tls_key_file=args.tls_key_file)

@@ -211,14 +211,14 @@ def fuzz_payloads(rng: random.Random, n: int, *, devices: list[str], request_ids
         lambda: b'{"v":1,"type":"task_ack","msg_id":"mmmmmmmmmmmm","sender":"x","request_id":"r","layer":1,'
                 b'"task_id":"tttttttt","accepted":true,"eta_s":Infinity}',
         lambda: json.dumps({**good_task, "type": "result", "text": "FORGED", "request_id": rng.choice(request_ids),
-                            "task_id": "%016x" % rng.getrandbits(64), "sender": rng.choice(devices)}).encode(),
+                            "task_id": f"{rng.getrandbits(64):016x}", "sender": rng.choice(devices)}).encode(),
         lambda: json.dumps({**good_task, "msg_id": "replayed-msg-id"}).encode(),
         lambda: json.dumps({**good_task, "messages": [{"role": "user", "content": "x" * 50}] * 20}).encode(),
         lambda: json.dumps({"device": rng.choice(devices + ["+", "#", "ghost", ""]), "online": rng.random() < 0.5,
                             "alpha_s": rng.choice([0.1, -1, 1e300, None]),
                             "queue_length": rng.choice([0, -3, 10**12])}).encode(),
         # (a request id of its own: a repeat of an id in flight gets no extra reply, by design)
-        lambda: json.dumps({"prompt": "x" * rng.randint(1, 10), "request_id": "fz-%x" % rng.getrandbits(48),
+        lambda: json.dumps({"prompt": "x" * rng.randint(1, 10), "request_id": f"fz-{rng.getrandbits(48):x}",
                             "layers": rng.randint(0, 9), "proposers": rng.randint(0, 9)}).encode(),
         lambda: "".join(chr(rng.randint(0x20, 0x2FFFF)) for _ in range(rng.randint(1, 40))).encode(
             "utf-8", "surrogatepass"),
@@ -389,5 +389,15 @@ def summary(outcomes: list[Outcome]) -> dict:
             "tracebacks": sum(o.extra.get("tracebacks", 0) for o in outcomes)}
 
 
-__all__ = ["ChaosConfig", "Outcome", "PromptLedger", "PersistentMosquitto", "fuzz_payloads",
-           "scenario_broker_kill", "scenario_fuzz", "scenario_held_poison", "scenario_kill", "summary"]
+__all__ = [
+    "ChaosConfig",
+    "Outcome",
+    "PersistentMosquitto",
+    "PromptLedger",
+    "fuzz_payloads",
+    "scenario_broker_kill",
+    "scenario_fuzz",
+    "scenario_held_poison",
+    "scenario_kill",
+    "summary",
+]

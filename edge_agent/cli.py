@@ -15,6 +15,10 @@ from .broker_args import add_broker_args, broker_from_args
 from .errors import ConfigError, EdgeMoaError
 
 log = logging.getLogger("edge_agent")
+EX_CONFIG = 78  # sysexits.h: the agent's unit has RestartPreventExitStatus=78
+EPILOG = ("exit status: 0 success; 1 the command failed (the message says why and what to do); 2 usage error; "
+          "130 interrupted; `edge-moa agent` exits 78 when it refuses its configuration or model (systemd does not "
+          "restart it)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,19 +35,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except EdgeMoaError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_code", 1)  # IncompatibleModelError: 78, which systemd does not restart
     except KeyboardInterrupt:
         return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-moa", description="Distributed Mixture-of-Agents on edge boards.")
+    parser = argparse.ArgumentParser(prog="edge-moa", description="Distributed Mixture-of-Agents on edge boards.",
+                                     epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"edge-moa {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for payloads)")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     agent = sub.add_parser("agent", help="run this board's agent daemon")
     agent.add_argument("--config", required=True, type=Path, help="agent.toml")
+    agent.add_argument("--decommission", action="store_true",
+                       help="remove this agent from the mesh's view (its retained status and Home Assistant "
+                            "device) and exit")
     agent.set_defaults(func=cmd_agent)
 
     config = sub.add_parser("config", help="configuration tools")
@@ -85,7 +93,8 @@ def _register_features(sub) -> None:
     """The commands of the model, stability and provisioning parts (each module's `register(subparsers)`)."""
     import importlib
 
-    for name in ("edge_agent.model.commands", "edge_agent.stability.commands", "edge_agent.provision.commands"):
+    for name in ("edge_agent.model.commands", "edge_agent.stability.commands", "edge_agent.provision.commands",
+                 "edge_agent.eval.commands"):
         try:
             importlib.import_module(name).register(sub)
         except Exception as exc:  # noqa: BLE001  # a broken optional command must not stop the agent daemon
@@ -104,17 +113,29 @@ def setup_logging(verbosity: int) -> None:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .node import run_agent
+    from .node import decommission, run_agent
 
-    run_agent(load_config(args.config))
+    try:
+        config = load_config(args.config)
+        if args.decommission:
+            for topic in decommission(config):
+                print(f"removed retained {topic}")
+            return 0
+        run_agent(config)
+    except ConfigError as exc:  # a refused configuration or model: tell systemd not to restart (errors.py)
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_CONFIG
     return 0
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import check_resources, load_config
 
     try:
         config = load_config(args.file)
+        problems = check_resources(config)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         for path, value, message in exc.problems:
             print(f"{args.file}: {path} = {value!r}: {message}", file=sys.stderr)

@@ -146,7 +146,56 @@ class AgentConfig(Section):
 def parse_config(data: dict, base_dir: Path | None = None) -> AgentConfig:
     """Validate a config mapping; relative paths are taken relative to `base_dir` (the file's folder)."""
     config = validate_toml_model(AgentConfig, data)
+    problems = cross_field_problems(config)
+    if problems:
+        raise ConfigError(problems)
     return _resolve_paths(config, base_dir) if base_dir else config
+
+
+def cross_field_problems(config: AgentConfig) -> list[tuple[str, object, str]]:
+    """Fields that are each valid but do not fit together, as (key path, value, message)."""
+    problems = []
+    mqtt, agent, moa = config.mqtt, config.agent, config.moa
+    if mqtt.password_file is not None and not mqtt.username:
+        problems.append(("mqtt.password_file", str(mqtt.password_file), "set, but mqtt.username is not"))
+    if (mqtt.tls_cert_file is None) != (mqtt.tls_key_file is None):
+        which = "tls_cert_file" if mqtt.tls_cert_file is not None else "tls_key_file"
+        problems.append((f"mqtt.{which}", str(getattr(mqtt, which)),
+                         "mutual TLS needs both mqtt.tls_cert_file and mqtt.tls_key_file"))
+    if mqtt.tls_cert_file is not None and mqtt.tls_ca_file is None:
+        # without a CA the client would not turn TLS on: a client certificate must never mean plaintext
+        problems.append(("mqtt.tls_cert_file", str(mqtt.tls_cert_file),
+                         "set, but mqtt.tls_ca_file is not: TLS needs the CA (without it the link is plaintext)"))
+    if agent.peer_timeout_s < 2 * agent.heartbeat_s:
+        problems.append(("agent.peer_timeout_s", agent.peer_timeout_s,
+                         (f"must be at least twice agent.heartbeat_s ({agent.heartbeat_s}), or live peers look "
+                          "gone between their statuses")))
+    if moa.ack_timeout_s >= moa.request_timeout_s:
+        problems.append(("moa.ack_timeout_s", moa.ack_timeout_s,
+                         f"must be shorter than moa.request_timeout_s ({moa.request_timeout_s})"))
+    return problems
+
+
+def check_resources(config: AgentConfig) -> list[tuple[str, object, str]]:
+    """What `config check` adds to validation: the credential files open, and the model resolves."""
+    problems = []
+    for name in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
+        path = getattr(config.mqtt, name)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            problems.append((f"mqtt.{name}", str(path), f"cannot read: {exc.strerror}"))
+    if config.engine.kind == "onnx":
+        from .artifact.store import resolve_model_dir
+
+        try:
+            resolve_model_dir(config.engine.model)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    return problems
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -61,10 +61,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print(describe_answer(answer), flush=True)
         if args.serve:
             gateway = _start_gateway(args.gateway, broker.address, mesh) if args.gateway else None
-            for device in mesh.devices:
-                url = mesh.metrics_url(device)
-                if url and _answers(url):
-                    print(f"metrics: {device} {url}")
             if gateway is not None:
                 print(f"gateway: http://{args.gateway}/ (mesh page), http://{args.gateway}/v1 (OpenAI API, "
                       f"model moa, single or moa-M<m>-k<k>)")
@@ -72,7 +68,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   f"  edge-moa ask --broker {broker.address} --device agent1 'Hello!'\n"
                   f"  mosquitto_rr -h {broker.host} -p {broker.port} -V 5 -t moa/v1/agent1/prompt "
                   f"-e moa/v1/agent1/answer/x -m 'Hello!'\n"
-                  f"  edge-moa status --broker {broker.address}\nCtrl-C stops it.", flush=True)
+                  f"  edge-moa status --broker {broker.address}", flush=True)
+            for device in mesh.devices:
+                print(f"  metrics of {device}: {mesh.metrics_url(device)}", flush=True)
+            print("Ctrl-C stops it.", flush=True)
             try:
                 while True:
                     time.sleep(3600)

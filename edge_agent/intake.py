@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 from .config import LimitsSection, MoaSection
+from .errors import Refusal
 from .protocol import ReplyRoute, UserRequest, check_publish_topic, new_id, parse_prompt_json
 from .topics import Topics
 from .transport_api import RawMessage
-
-
-class Refusal(Exception):
-    """A prompt refused once its reply route is known: the error goes there."""
-
-    def __init__(self, route: ReplyRoute, code: str, message: str):
-        super().__init__(message)
-        self.route, self.code, self.message = route, code, message
 
 
 def read_prompt(message: RawMessage, *, device: str, topics: Topics, moa: MoaSection, limits: LimitsSection,

@@ -12,7 +12,14 @@ import threading
 from collections.abc import Callable
 
 from .errors import TransportError
-from .transport_api import ConnectionHandler, MessageHandler, PublishedHandler, RawMessage, Will, topic_matches
+from .transport_api import (
+    ConnectionHandler,
+    MessageHandler,
+    PublishedHandler,
+    RawMessage,
+    Will,
+    topic_matches,
+)
 
 
 class MemoryBroker:

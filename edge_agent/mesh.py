@@ -49,7 +49,8 @@ class LocalMesh:
     def __init__(self, n: int = 4, *, engine: dict | None = None, moa: dict | None = None,
                  queue: dict | None = None, agent: dict | None = None, topic_root: str = "moa/v1",
                  workdir: Path | None = None, broker: BrokerProcess | None = None, log_level: str = "-v",
-                 engine_per_agent: dict[str, dict] | None = None, metrics: bool = False):
+                 engine_per_agent: dict[str, dict] | None = None, metrics: bool = False,
+                 home_assistant: dict | None = None):
         self.devices = [f"agent{i}" for i in range(1, n + 1)]
         self.topic_root = topic_root
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edge-moa-mesh-"))
@@ -59,8 +60,9 @@ class LocalMesh:
         self.broker = broker or local_broker()
         self._procs: dict[str, subprocess.Popen] = {}
         self._log_level = log_level
-        self._metrics_ports: dict[str, int] = {}  # with metrics=True: each agent's /metrics port ([metrics])
-        self._metrics = metrics
+        # Prometheus endpoints: one free port per agent, so `metrics_url(device)` is known before it starts.
+        self.metrics_ports = {d: free_port() for d in self.devices} if metrics else {}
+        self._home_assistant = home_assistant
 
     # -- lifecycle --
     def start(self, timeout_s: float = 120.0) -> LocalMesh:
@@ -83,9 +85,10 @@ class LocalMesh:
             "moa": self._sections["moa"], "queue": self._sections["queue"],
             "engine": {**self._sections["engine"], **self._engine_per_agent.get(device, {})},
         }
-        if self._metrics:
-            port = self._metrics_ports.setdefault(device, free_port())
-            sections["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": port}
+        if device in self.metrics_ports:
+            sections["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": self.metrics_ports[device]}
+        if self._home_assistant is not None:
+            sections["home_assistant"] = {"enabled": True, **self._home_assistant}
         text = render_agent_toml(sections)
         parse_config(__import__("tomllib").loads(text))  # fail here, not in a child process
         path = self.config_path(device)
@@ -142,7 +145,7 @@ class LocalMesh:
         return MoaClient(self.settings(), topic_root=self.topic_root).connect()
 
     def metrics_url(self, device: str) -> str | None:
-        port = self._metrics_ports.get(device)
+        port = self.metrics_ports.get(device)
         return f"http://127.0.0.1:{port}/metrics" if port else None
 
     def agent_log(self, device: str) -> str:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 from functools import partial
 
+from . import __version__
 from .admission import Admission
 from .agent import Agent
 from .config import AgentConfig, MqttSection
 from .engine import create_engine
 from .engine.worker import InferenceWorker
-from .errors import ConfigError
+from .errors import ConfigError, TransportError
 from .journal import Journal
 from .memory import MemoryProbe
+from .metrics import AgentMetrics
 from .transport import BrokerSettings, PahoTransport
 
 log = logging.getLogger(__name__)
@@ -48,13 +51,18 @@ def build_agent(config: AgentConfig) -> Agent:
     if config.engine.warmup:
         engine.warm_up()
     log.info("engine %s ready in %.1fs", engine.model_id, time.perf_counter() - started)
+    metrics = None
+    if config.metrics.enabled:
+        metrics = AgentMetrics(config.agent.device_id, engine.model_id, __version__)
+        port = metrics.serve(config.metrics.host, config.metrics.port)
+        log.info("metrics on http://%s:%d/metrics", config.metrics.host, port)
     return Agent(
         config=config, engine=engine, journal=open_journal(config),
         admission=Admission(queue=config.queue, memory=MemoryProbe(config.queue.memory_limit_mb),
                             kv_bytes_per_token=engine.kv_bytes_per_token,
                             row_charge=getattr(engine, "row_charge_bytes", None)),
         worker=InferenceWorker(engine, max_batch=config.engine.max_batch),
-        transport_factory=partial(PahoTransport, settings),
+        transport_factory=partial(PahoTransport, settings), metrics=metrics,
     )
 
 
@@ -74,3 +82,36 @@ def run_agent(config: AgentConfig) -> None:
         await agent.run()
 
     asyncio.run(main())
+
+
+def decommission(config: AgentConfig) -> list[str]:
+    """Remove this agent from the mesh's view: empty retained payloads on its status topic and, when Home
+    Assistant discovery is on, its discovery topic (Home Assistant deletes the device). Returns the topics."""
+    from .ha_discovery import REMOVAL_PAYLOAD, discovery_topic
+    from .topics import Topics
+
+    topics = [Topics(config.mqtt.topic_root).status(config.agent.device_id)]
+    if config.home_assistant.enabled:
+        topics.append(discovery_topic(config.agent.device_id, config.home_assistant.prefix))
+    acked = threading.Event()
+    pending: set[int] = set()
+    lock = threading.Lock()
+
+    def published(mid: int) -> None:
+        with lock:
+            pending.discard(mid)
+            if not pending:
+                acked.set()
+
+    transport = PahoTransport(broker_settings(config.mqtt), client_id=f"edge-moa-decommission-{config.agent.device_id}",
+                              on_message=lambda message: None, on_published=published)
+    transport.connect()
+    try:
+        with lock:
+            for topic in topics:
+                pending.add(transport.publish(topic, REMOVAL_PAYLOAD, qos=1, retain=True))
+        if not acked.wait(10):
+            raise TransportError("the broker did not acknowledge the removal within 10 s")
+    finally:
+        transport.close()
+    return topics

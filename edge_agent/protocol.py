@@ -78,13 +78,46 @@ def check_publish_topic(topic: str) -> None:
         raise ProtocolError(f"reply topic {topic[:80]!r} is not a valid topic to publish to")
 
 
+MAX_JSON_DEPTH = 64
+
+
 def load_json(payload: bytes | str, what: str):
-    """json.loads that turns every failure into a ProtocolError, including the RecursionError Python's parser
-    raises on deeply nested input, so one hostile payload costs one refusal and nothing else."""
+    """json.loads behind a nesting limit: deeper input is refused before parsing, so a hostile payload never
+    drives the parser into a RecursionError (which also upsets CPython 3.11's own recursion accounting: the
+    `ast` module failed afterwards in the same process). Every failure is a ProtocolError."""
+    text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and json_depth(text, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise ProtocolError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(payload)
+        return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError(f"{what} is not valid JSON: {getattr(exc, 'msg', exc)}") from None
+
+
+def json_depth(text: str, stop_above: int | None = None) -> int:
+    """The deepest nesting of brackets outside strings (a JSON text's structure, without parsing it); the scan
+    ends as soon as it passes `stop_above`."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if stop_above is not None and deepest > stop_above:
+                    return deepest
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def parse_prompt_json(payload: bytes) -> PromptPayload:

@@ -13,6 +13,7 @@ FORMAT_VERSION = 1
 # where a build puts a token table it takes out of the graph (engine/onnx.py memory-maps them)
 EMBEDDING_FILES = ("embeddings.q8.npy", "embeddings.scales.npy")
 BLOCK_OFFSETS_FILE = "block_offsets.npz"  # engine/block_offsets.py
+REFERENCE_LOGITS_FILE = "reference_logits.npz"  # artifact/reference.py
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1}
 
 
@@ -61,6 +62,11 @@ class Manifest:
     # (engine/block_offsets.py); empty when the graph is exact by itself
     block_offsets: str = ""
     pipeline: int = 1  # which version of `model build` made it (build.PIPELINE): older builds are redone
+    # with block_offsets: the onnxruntime version and CPU features (engine/machine.py) the patch was probed on,
+    # and the portable graph's logits on a fixed text that the patched model must reproduce (artifact/reference.py)
+    onnxruntime: str = ""
+    cpu_features: tuple[str, ...] = ()
+    reference_logits: str = ""
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -71,6 +77,7 @@ class Manifest:
         data["eos_token_ids"] = list(self.eos_token_ids)
         data["stop_strings"] = list(self.stop_strings)
         data["embeddings"] = list(self.embeddings)
+        data["cpu_features"] = list(self.cpu_features)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -82,6 +89,7 @@ class Manifest:
         data["eos_token_ids"] = tuple(data["eos_token_ids"])
         data["stop_strings"] = tuple(data.get("stop_strings", ()))
         data["embeddings"] = tuple(data.get("embeddings", ()))
+        data["cpu_features"] = tuple(data.get("cpu_features", ()))
         return cls(**data)
 
 

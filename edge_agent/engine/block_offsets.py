@@ -5,26 +5,39 @@ activations, accuracy_level 4) splits that into `scale*q`, dotted in integers, p
 `BlkSum = -scale*zp` times the block's activation sum, which it works out once when it prepacks the weights.
 With scale = d, BlkSum = m is Q4_1 exactly, but the operator only takes integer zero points. So a build puts the
 nearest integer `z = round(-m/d)` in the graph (KL 0.44 against fp32 on its own: never run unpatched) and the
-exact m beside it (`block_offsets.npz`); once the session has prepacked, `patch_block_minimums` finds each
+exact m beside it (`block_offsets.npz`); once the session has prepacked, `BlockMinimumsPatch` finds each
 weight's BlkSum array in this process's memory (it must equal -d*z bit for bit, in the kernel's layout) and
 writes m over it. Against carrying the constants as extra K columns (`model build --portable`), decode is
 13-20 % faster at 2 threads and RSS 10 MB lower (docs/performance.md).
 
-Where onnxruntime lays these buffers out otherwise (another version, another CPU family), a weight is not found
-and loading fails with a message that says to rebuild with `--portable`: never a silently wrong model.
+The layout is MLAS's: `ComputePackBlkSum` in onnxruntime/core/mlas/lib/sqnbitgemm_kernel_avx_common.h (the
+x86 AVX2/AVX-512 SQNBitGemm CompInt8 dispatch; read at commit 03195803bd45) writes `-QuantBScale * zp` of block
+k_blk of column n at `((n / 16) * BlockCountK + k_blk) * 16 + n % 16` ("BlockSum is a width 16 row major
+matrix"), in a buffer of `MlasDivRoundup(N, 16) * BlockCountK * 16` floats allocated with the packed weights
+(`SQ4BitGemmPackQuantBDataSize`). Other dispatches (ARM NEON, another version) may lay it out otherwise.
+
+What makes the write safe to rely on (issue 13): each weight's whole BlkSum array (not just a key word) must be
+found exactly once among the arrays that appeared while the session loaded, no two weights at one address,
+and every weight found before any is written: otherwise nothing is written and IncompatibleModelError says to
+rebuild with `--portable`. After the write the engine compares the model's logits on a fixed text with the
+build's reference from the portable graph (fast_path.py): never a silently wrong model.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
+import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InferenceError
+from ..errors import IncompatibleModelError, InferenceError
 from .process_memory import private_anonymous_regions, resident_runs
+from .session import ort_version
 
 log = logging.getLogger(__name__)
 
@@ -52,88 +65,148 @@ def _weight(offsets, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, in
     )
 
 
-def _search_key(order: np.ndarray, held: np.ndarray, length: int) -> tuple[int, int]:
-    """(8 bytes to look for, their byte offset in the array): two non-zero floats at an even index, so that
-    a scan of aligned 8-byte words meets them and zero-filled memory does not."""
+def _search_key(order: np.ndarray, held: np.ndarray, length: int) -> tuple[int, int, tuple[int, int]]:
+    """(8 bytes to look for, their byte offset in the array, (offset, 8 bytes) of a second word to probe a
+    candidate with): two non-zero floats at an even index, so that a scan of aligned 8-byte words meets them
+    and zero-filled memory does not. Values repeat across weights (tens of thousands of candidates): the probe,
+    the last such pair, turns most away before the whole array is read."""
     flat = np.zeros(length, np.float32)
     flat[order] = held
     pairs = (flat[0::2] != 0) & (flat[1::2] != 0)
-    if not pairs.any():
-        raise InferenceError("a weight's block constants are all zero: nothing to patch")
     start = 2 * int(np.argmax(pairs))
-    return int(flat[start : start + 2].view(np.uint64)[0]), 4 * start
+    last = 2 * (len(pairs) - 1 - int(np.argmax(pairs[::-1])))
+    key = int(flat[start : start + 2].view(np.uint64)[0])
+    probe = (4 * last, int(flat[last : last + 2].view(np.uint64)[0]))
+    found = bool(pairs.any())
+    flat.fill(0)  # a freed copy in the kernel's layout would be found as one more "copy" of the array
+    if not found:
+        raise InferenceError("a weight's block constants are all zero: nothing to patch")
+    return key, 4 * start, probe
 
 
-def _scan(memory: int, keys: dict[int, list[int]]) -> dict[int, list[int]]:
-    """{key: addresses} of every aligned 8-byte word in private anonymous memory equal to one of `keys`.
+class _Memory:
+    """This process's memory read through /proc/self/mem into one shared mapping: searched memory is never
+    copied into private memory, where a freed copy would later look like one more match. Memory unmapped
+    meanwhile reads as nothing, not a crash."""
 
-    Reads through /proc/self/mem, so memory unmapped meanwhile reads as an error, not a crash."""
+    def __init__(self, size: int, *, write: bool = False):
+        self._file = open("/proc/self/mem", "r+b" if write else "rb", buffering=0)  # noqa: SIM115
+        self._buffer = mmap.mmap(-1, size)  # MAP_SHARED: not among the private regions searched
+        self._view = memoryview(self._buffer)
+
+    def read(self, address: int, size: int) -> memoryview:
+        try:
+            got = os.preadv(self._file.fileno(), [self._view[:size]], address)
+        except OSError:  # not mapped (any more)
+            got = 0
+        return self._view[:got]
+
+    def write(self, address: int, data: bytes) -> int:
+        return os.pwrite(self._file.fileno(), data, address)
+
+    def close(self) -> None:
+        self._view.release()
+        self._buffer.close()
+        self._file.close()
+
+
+def _scan(
+    memory: _Memory, keys: dict[int, list[int]], regions: list[tuple[int, int]]
+) -> dict[int, list[int]]:
+    """{key: addresses} of every aligned 8-byte word in `regions` equal to one of `keys`."""
     ordered = np.array(sorted(keys), np.uint64)
     found: dict[int, list[int]] = {}
-    runs = [run for region in private_anonymous_regions() for run in resident_runs(*region)]
+    runs = [run for region in regions for run in resident_runs(*region)]
     for low, high in runs:
         for start in range(low, high, _CHUNK):
-            data = _read(memory, min(_CHUNK, high - start), start)
-            if not data:
+            data = memory.read(start, min(_CHUNK, high - start))
+            if not len(data):
                 break
             words = np.frombuffer(data, np.uint64, len(data) // 8)
             slots = np.minimum(np.searchsorted(ordered, words), len(ordered) - 1)
             for offset in np.flatnonzero(ordered[slots] == words):
                 found.setdefault(int(words[offset]), []).append(start + 8 * int(offset))
+            del words
     return found
 
 
-def _read(memory: int, size: int, address: int) -> bytes:
-    try:
-        return os.pread(memory, size, address)
-    except OSError:  # not mapped (any more)
-        return b""
+class BlockMinimumsPatch:
+    """Made before the session is created (it notes which BlkSum arrays memory already holds: another session's,
+    freed pages), applied after: only arrays that appeared while the session loaded are candidates.
+
+    `apply` raises IncompatibleModelError, having written nothing, unless every weight is found exactly once."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._offsets = np.load(self.path)
+        self.count = len([name for name in self._offsets.files if name.endswith(".d")])
+        self._keys: dict[int, list[int]] = {}
+        self._shifts = []
+        self._probes = []
+        self._longest = 0
+        for index in range(self.count):
+            order, held, _, length = _weight(self._offsets, index)
+            key, shift, probe = _search_key(order, held, length)
+            self._keys.setdefault(key, []).append(index)
+            self._shifts.append(shift)
+            self._probes.append(probe)
+            self._longest = max(self._longest, 4 * length)
+        self._before = self._find()
+
+    def _find(self) -> dict[int, set[int]]:
+        """{weight: start addresses of a bit-identical copy of its (unpatched) BlkSum array}."""
+        where: dict[int, set[int]] = {}
+        with closing(_Memory(max(_CHUNK, self._longest))) as memory:
+            found = _scan(memory, self._keys, private_anonymous_regions())
+            for key, indices in self._keys.items():
+                for index in indices:
+                    # computed again rather than kept from the key pass: all weights' arrays at once are ~50 MB
+                    order, held, _, length = _weight(self._offsets, index)
+                    probe_at, probe = self._probes[index]
+                    for address in set(found.get(key, ())):
+                        start = address - self._shifts[index]
+                        if int.from_bytes(memory.read(start + probe_at, 8), sys.byteorder) != probe:
+                            continue
+                        current = np.frombuffer(memory.read(start, 4 * length), np.float32)
+                        # bit for bit, padding rows aside
+                        if len(current) == length and np.array_equal(
+                            current[order].view(np.uint32), held.view(np.uint32)
+                        ):
+                            where.setdefault(index, set()).add(start)
+                        del current
+        return where
+
+    def apply(self) -> int:
+        """Write every weight's exact minimums over onnxruntime's prepacked BlkSum; returns how many weights.
+        Call after the session is created and before it runs."""
+        started = time.perf_counter()
+        now = self._find()
+        where = {index: sorted(now[index] - self._before.get(index, set())) for index in now}
+        _require_unique(self.path, self.count, where)
+        with closing(_Memory(self._longest, write=True)) as memory:
+            for index, (address,) in where.items():
+                order, _, exact, length = _weight(self._offsets, index)
+                current = np.frombuffer(memory.read(address, 4 * length), np.float32)
+                current[order] = exact  # in the shared buffer, then written back
+                written = memory.write(address, current.tobytes())
+                del current
+                if written != 4 * length:
+                    raise InferenceError(
+                        f"{self.path.parent}: writing the block minimums of weight {index} failed"
+                    )
+        log.info("exact block minimums for %d weights in %.2f s", self.count, time.perf_counter() - started)
+        return self.count
 
 
-def patch_block_minimums(path: Path) -> int:
-    """Write every weight's exact minimums over onnxruntime's prepacked BlkSum; returns how many weights.
-
-    Call after the session is created and before it runs. Raises InferenceError when a weight is not found."""
-    started = time.perf_counter()
-    offsets = np.load(path)
-    count = len([name for name in offsets.files if name.endswith(".d")])
-    keys: dict[int, list[int]] = {}
-    shifts = []
-    for index in range(count):
-        order, held, _, length = _weight(offsets, index)
-        key, shift = _search_key(order, held, length)
-        keys.setdefault(key, []).append(index)
-        shifts.append(shift)
-    missing = []
-    with open("/proc/self/mem", "r+b", buffering=0) as memory:
-        found = _scan(memory.fileno(), keys)
-        for key, indices in keys.items():
-            for index in indices:
-                # computed again rather than kept from the key pass: all weights' arrays at once are ~50 MB
-                order, held, exact, length = _weight(offsets, index)
-                patched = 0
-                for address in found.get(key, ()):
-                    data = _read(memory.fileno(), 4 * length, address - shifts[index])
-                    current = np.frombuffer(data, np.float32).copy()
-                    # bit for bit, padding rows aside; a kernel may hold more copies: each is patched
-                    if len(current) == length and np.array_equal(
-                        current[order].view(np.uint32), held.view(np.uint32)
-                    ):
-                        current[order] = exact
-                        patched += os.pwrite(memory.fileno(), current.tobytes(), address - shifts[index]) > 0
-                if not patched:
-                    missing.append(index)
-    if missing:
-        raise InferenceError(
-            f"{path.parent}: {len(missing)} of {count} weights' block minimums not found in onnxruntime's "
-            f"prepacked buffers (onnxruntime {_ort_version()} lays them out differently from the machine that "
-            "built this model); rebuild it here, or with `edge-moa model build --portable`"
+def _require_unique(path: Path, count: int, where: dict[int, list[int]]) -> None:
+    missing = [index for index in range(count) if not where.get(index)]
+    repeated = [index for index, addresses in where.items() if len(addresses) > 1]
+    owners: dict[int, int] = {}
+    shared = [i for i, addresses in where.items() for a in addresses if owners.setdefault(a, i) != i]
+    if missing or repeated or shared:
+        raise IncompatibleModelError(
+            f"{path.parent}: of {count} weights' block minimums, {len(missing)} not found, {len(repeated)} found "
+            f"more than once and {len(shared)} at another weight's address in the memory onnxruntime "
+            f"{ort_version()} allocated while loading (the machine that built this model laid them out "
+            "differently); nothing was written. Rebuild the model here, or with `edge-moa model build --portable`"
         )
-    log.info("exact block minimums for %d weights in %.2f s", count, time.perf_counter() - started)
-    return count
-
-
-def _ort_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__

@@ -27,8 +27,8 @@ from ..artifact.manifest import Manifest, read_manifest
 from ..errors import InferenceError, TooLargeError
 from .base import ChatMessage, Generation, GenerationRequest
 from .batch import ContinuousBatch
-from .block_offsets import patch_block_minimums
 from .embeddings import MappedEmbeddings
+from .fast_path import check_patched, load_session
 from .generation import Sequence, TextStream, final_text, sample_next
 from .kv_cache import ConcatKvCache, RowKvCache, round_capacity
 from .process_memory import release_file_pages, return_freed_heap, weights_on_huge_pages
@@ -37,7 +37,6 @@ from .session import Graph, create_session, runtime_errors
 __all__ = ["OnnxEngine", "Timing", "create_session", "sample_next"]
 
 log = logging.getLogger(__name__)
-_LOADING = threading.Lock()
 PREFILL_CHUNK = 64  # tokens of a newcomer's prompt run per step: what it can stall the decoding rows for
 
 
@@ -92,10 +91,7 @@ class OnnxEngine:
         )
         # the session first: its loading transient (weights read, then prepacked) peaks before the tokenizer
         # adds its own; what both freed goes back to the system (peak RSS, issue 3)
-        with _LOADING:  # one load at a time: a patch must meet its own session's buffers, not another's
-            session = create_session(self.model_dir / self.manifest.graph, threads)
-            if self.manifest.block_offsets:  # before anything runs: the graph alone has approximate offsets
-                patch_block_minimums(self.model_dir / self.manifest.block_offsets)
+        session = load_session(self.model_dir, self.manifest, threads)
         embeddings = (
             MappedEmbeddings(self.model_dir, self.manifest.embeddings) if self.manifest.embeddings else None
         )
@@ -111,6 +107,7 @@ class OnnxEngine:
             self._graph = Graph(session, self.manifest.kv.num_layers, embeddings.rows if embeddings else None)
         except InferenceError as exc:
             raise InferenceError(f"{self.model_dir}: {exc}") from None
+        self.fast_path_kl = check_patched(self._graph, self.model_dir, self.manifest)
         self._share_buffer = (
             self.manifest.past_present_share_buffer if share_kv_buffer is None else share_kv_buffer
         )

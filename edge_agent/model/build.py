@@ -14,10 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..artifact.chat_template import CHATML_TEMPLATE, COMPLETION_TEMPLATE
 from ..artifact.manifest import (
     BLOCK_OFFSETS_FILE,
     EMBEDDING_FILES,
+    REFERENCE_LOGITS_FILE,
     KvGeometry,
     Manifest,
     read_manifest,
@@ -25,7 +28,7 @@ from ..artifact.manifest import (
 )
 from ..artifact.store import model_dir_for
 from ..artifact.verify import sha256_file
-from ..errors import InferenceError
+from ..errors import IncompatibleModelError, InferenceError
 from .catalogue import CatalogueEntry, load_catalogue
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,9 @@ log = logging.getLogger(__name__)
 # 2: GGUF block constants as offset digits inside MatMulNBits, BPE merges as strings, 8-bit head in 128-blocks,
 #    the Q8_0 token table outside the graph.
 # 3: Q4_1 block constants as integer zero points + exact minimums the engine writes into onnxruntime's buffers.
-PIPELINE = 3
+# 4: a tuned build records the onnxruntime version and CPU features it was probed on and the portable graph's
+#    logits on a fixed text, which the engine checks after writing the minimums (issue 13).
+PIPELINE = 4
 
 # Kept beside the graph: what the engine needs, plus genai_config.json so onnxruntime-genai can run it too
 # (dropped when the token table leaves the graph).
@@ -48,6 +53,7 @@ _KEEP = (
     "config.json",
     *EMBEDDING_FILES,
     BLOCK_OFFSETS_FILE,
+    REFERENCE_LOGITS_FILE,
 )
 
 
@@ -156,18 +162,25 @@ def build_model(
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
-    for scratch in ("checkpoint", "onnx", "onnx-builder", "builder-cache"):  # the fp32 checkpoint alone is ~0.5 GB
+    for scratch in (
+        "checkpoint",
+        "onnx",
+        "onnx-builder",
+        "builder-cache",
+    ):  # the fp32 checkpoint alone is ~0.5 GB
         shutil.rmtree(work / scratch, ignore_errors=True)
     log.info("built %s (%s) in %s in %.0f s", source.name, precision, out, time.perf_counter() - started)
     return out
 
 
 def _exact_weights(exported: Path, gguf: Path, spare: Path, *, portable: bool) -> int:
-    """The GGUF's weights into the builder's graph: the fast form when this machine's onnxruntime takes its
-    exact block minimums (tried here, as the engine will), the portable form otherwise."""
+    """The GGUF's weights into the builder's graph: the fast (tuned) form when this machine's onnxruntime takes
+    its exact block minimums and then gives the portable form's logits (checked here, as the engine will), the
+    portable form otherwise."""
     from .gguf_exact import apply_exact_weights
 
-    decoder = json.loads((exported / "genai_config.json").read_text())["model"]["decoder"]
+    genai = json.loads((exported / "genai_config.json").read_text())["model"]
+    decoder = genai["decoder"]
     heads = {"num_heads": decoder["num_attention_heads"], "num_kv_heads": decoder["num_key_value_heads"]}
     if portable:
         return apply_exact_weights(exported, gguf, portable=True, **heads)
@@ -176,24 +189,66 @@ def _exact_weights(exported: Path, gguf: Path, spare: Path, *, portable: bool) -
     count = apply_exact_weights(exported, gguf, **heads)
     if not (exported / BLOCK_OFFSETS_FILE).is_file():
         return count
+    portable_count = apply_exact_weights(spare, gguf, portable=True, **heads)  # the reference, exact anywhere
     try:
-        _try_block_offsets(exported)
+        _check_tuned(exported, spare, decoder, _vocab_size(exported, genai))
     except InferenceError as exc:
         log.warning("%s: building the portable form instead", exc)
         shutil.rmtree(exported)
         spare.rename(exported)
-        return apply_exact_weights(exported, gguf, portable=True, **heads)
+        return portable_count
+    shutil.rmtree(spare)
     return count
 
 
-def _try_block_offsets(model_dir: Path) -> None:
-    """Load the graph and write its block minimums, as the engine does; InferenceError where that fails."""
-    from ..engine.block_offsets import patch_block_minimums
-    from ..engine.onnx import create_session
+def _vocab_size(model_dir: Path, genai: dict) -> int:
+    if genai.get("vocab_size"):
+        return int(genai["vocab_size"])
+    from tokenizers import Tokenizer
 
-    session = create_session(model_dir / "model.onnx", threads=0)
-    patch_block_minimums(model_dir / BLOCK_OFFSETS_FILE)
-    del session
+    return Tokenizer.from_file(str(model_dir / "tokenizer.json")).get_vocab_size()
+
+
+def _check_tuned(tuned: Path, portable: Path, decoder: dict, vocab: int) -> None:
+    """Load the tuned graph and write its block minimums as the engine does, then compare its logits on a fixed
+    text with the portable graph's; writes them as the reference the engine checks against. InferenceError
+    (IncompatibleModelError) where the minimums are not found or the logits differ."""
+    from ..artifact.reference import ReferenceLogits, mean_kl
+    from ..engine.block_offsets import BlockMinimumsPatch
+    from ..engine.embeddings import MappedEmbeddings
+    from ..engine.fast_path import KL_LIMIT, prefix_logits
+    from ..engine.session import Graph, create_session
+
+    layers, kv_heads, head_dim = (
+        decoder["num_hidden_layers"],
+        decoder["num_key_value_heads"],
+        decoder["head_size"],
+    )
+
+    def logits(model_dir: Path, ids, lengths, *, patch: bool):
+        prepared = BlockMinimumsPatch(model_dir / BLOCK_OFFSETS_FILE) if patch else None
+        session = create_session(model_dir / "model.onnx", threads=0)
+        if prepared is not None:
+            prepared.apply()
+        table = (
+            MappedEmbeddings(model_dir, EMBEDDING_FILES)
+            if (model_dir / EMBEDDING_FILES[0]).is_file()
+            else None
+        )
+        return prefix_logits(
+            Graph(session, layers, table.rows if table else None), kv_heads, head_dim, ids, lengths
+        )
+
+    ids = ReferenceLogits.fixed_ids(vocab)
+    lengths = np.asarray([8, 16, 24, len(ids)], dtype=np.int64)
+    reference = ReferenceLogits(ids, lengths, logits(portable, ids, lengths, patch=False))
+    kl = mean_kl(reference.logits, logits(tuned, ids, lengths, patch=True))
+    if not kl < KL_LIMIT:
+        raise IncompatibleModelError(
+            f"the tuned graph's logits differ from the portable graph's (KL {kl:.3g} >= {KL_LIMIT})"
+        )
+    log.info("tuned graph checked: KL %.2g against the portable graph on a fixed text", kl)
+    reference.write(tuned / REFERENCE_LOGITS_FILE)
 
 
 def _finish_tokenizer(model_dir: Path, entry: CatalogueEntry | None, gguf: Path | None) -> tuple[int, ...]:
@@ -254,6 +309,10 @@ def _manifest(
         stops = ("\nQuestion:",)  # the plain template's next turn
     context = min(entry.context_length if entry else genai["context_length"], genai["context_length"])
     (model_dir / "config.json").unlink(missing_ok=True)  # only needed for the geometry above
+    tuned = (model_dir / BLOCK_OFFSETS_FILE).is_file()
+    if tuned:
+        from ..engine.machine import cpu_features
+        from ..engine.session import ort_version
     return Manifest(
         name=source.name,
         source=origin,
@@ -271,7 +330,12 @@ def _manifest(
         notes=(entry.description if entry else f"built from {config.get('_name_or_path') or origin}") + exact,
         pipeline=PIPELINE,
         embeddings=EMBEDDING_FILES if (model_dir / EMBEDDING_FILES[0]).is_file() else (),
-        block_offsets=BLOCK_OFFSETS_FILE if (model_dir / BLOCK_OFFSETS_FILE).is_file() else "",
+        block_offsets=BLOCK_OFFSETS_FILE if tuned else "",
+        reference_logits=REFERENCE_LOGITS_FILE
+        if tuned and (model_dir / REFERENCE_LOGITS_FILE).is_file()
+        else "",
+        onnxruntime=ort_version() if tuned else "",
+        cpu_features=cpu_features() if tuned else (),
     )
 
 

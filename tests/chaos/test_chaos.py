@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.chaos import ChaosConfig, scenario_broker_kill, scenario_fuzz, scenario_held_poison, scenario_kill
+from edge_agent.chaos import (
+    ChaosConfig,
+    scenario_broker_kill,
+    scenario_fuzz,
+    scenario_held_poison,
+    scenario_kill,
+)
 from tests.conftest import attach_on_failure
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]

@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 
 from edge_agent.artifact.block_offsets import write_block_offsets
-from edge_agent.engine.block_offsets import patch_block_minimums
+from edge_agent.engine.block_offsets import BlockMinimumsPatch
 from edge_agent.engine.process_memory import release_file_pages
-from edge_agent.errors import InferenceError
+from edge_agent.errors import IncompatibleModelError
 from edge_agent.model.gguf_exact import pack_for_matmul_nbits, pack_zero_points
 from tests.integration.onnx_helpers import matmul_nbits_session
 
@@ -41,14 +41,16 @@ def test_patched_kernel_computes_q4_1_exactly(tmp_path: Path, n: int):
     rng = np.random.default_rng(n)
     k = 128
     q, d, m, z, dense = _q4_1(rng, n, k)
+    write_block_offsets(tmp_path / "offsets.npz", [(d, z, m)])
+    unpatched = _session(q, d, z, n, k)  # loaded before the patch is made: not a candidate
+    patch = BlockMinimumsPatch(tmp_path / "offsets.npz")
     session = _session(q, d, z, n, k)
     x = rng.normal(size=(1, 3, k)).astype(np.float32)
     exact = x @ dense.T
-    (rounded,) = session.run(None, {"x": x})
-    write_block_offsets(tmp_path / "offsets.npz", [(d, z, m)])
 
-    assert patch_block_minimums(tmp_path / "offsets.npz") == 1
+    assert patch.apply() == 1
     (patched,) = session.run(None, {"x": x})
+    (rounded,) = unpatched.run(None, {"x": x})
 
     # what is left is the kernel's int8 rounding of x (half a step of max|x|/127 per block of 32)
     step = np.abs(x.reshape(1, 3, -1, 32)).max(-1) / 127 / 2
@@ -61,15 +63,47 @@ def test_offsets_that_do_not_match_the_kernel_are_refused(tmp_path: Path):
     rng = np.random.default_rng(1)
     n, k = 32, 64
     q, d, m, z, _ = _q4_1(rng, n, k)
+    wrong_z = np.where(z < 15, z + 1, z - 1).astype(np.uint8)  # what another kernel's layout would look like
+    write_block_offsets(tmp_path / "offsets.npz", [(d, wrong_z, m)])
+    patch = BlockMinimumsPatch(tmp_path / "offsets.npz")
     session = _session(q, d, z, n, k)
     x = rng.normal(size=(1, 2, k)).astype(np.float32)
     (before,) = session.run(None, {"x": x})
-    wrong_z = np.where(z < 15, z + 1, z - 1).astype(np.uint8)  # what another kernel's layout would look like
-    write_block_offsets(tmp_path / "offsets.npz", [(d, wrong_z, m)])
 
-    with pytest.raises(InferenceError, match="1 of 1 weights.*--portable"):
-        patch_block_minimums(tmp_path / "offsets.npz")
+    with pytest.raises(IncompatibleModelError, match="of 1 weights' block minimums, 1 not found.*--portable"):
+        patch.apply()
     assert np.array_equal(session.run(None, {"x": x})[0], before)  # nothing was written
+
+
+def test_a_weight_found_twice_is_refused_and_nothing_is_written(tmp_path: Path):
+    rng = np.random.default_rng(2)
+    n, k = 32, 64
+    q, d, m, z, _ = _q4_1(rng, n, k)
+    write_block_offsets(tmp_path / "offsets.npz", [(d, z, m)])
+    patch = BlockMinimumsPatch(tmp_path / "offsets.npz")
+    first, second = (
+        _session(q, d, z, n, k),
+        _session(q, d, z, n, k),
+    )  # two copies appeared: which one is ours?
+    x = rng.normal(size=(1, 2, k)).astype(np.float32)
+    (before,) = first.run(None, {"x": x})
+
+    with pytest.raises(IncompatibleModelError, match="0 not found, 1 found more than once"):
+        patch.apply()
+    assert np.array_equal(first.run(None, {"x": x})[0], before)
+    assert np.array_equal(second.run(None, {"x": x})[0], before)
+
+
+def test_a_copy_that_was_there_before_is_not_patched(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    n, k = 32, 64
+    q, d, m, z, _ = _q4_1(rng, n, k)
+    write_block_offsets(tmp_path / "offsets.npz", [(d, z, m)])
+    session = _session(q, d, z, n, k)  # e.g. another engine's unpatched session, or freed memory
+    patch = BlockMinimumsPatch(tmp_path / "offsets.npz")
+    with pytest.raises(IncompatibleModelError, match="1 not found"):
+        patch.apply()
+    assert session.get_inputs()[0].name == "x"  # it stayed alive through the patch
 
 
 def test_release_file_pages_gives_back_a_mapped_file_and_reads_stay_the_same(tmp_path: Path):

@@ -63,5 +63,5 @@ def test_demo_serve_stopped_by_sigterm_leaves_no_process_behind(tiny_model_dir, 
     finally:
         proc.send_signal(signal.SIGTERM)  # as `timeout`, systemd or a test harness stops it
         proc.wait(30)
-    gone, alive = psutil.wait_procs(children, timeout=15)
+    _, alive = psutil.wait_procs(children, timeout=15)
     assert alive == [], f"left running after SIGTERM: {[p.pid for p in alive]}"

@@ -156,6 +156,37 @@ def test_cut_partitions_and_heal_restores(state):
     assert "error" not in answer
 
 
+def test_answers_down_the_tree_survive_a_60_s_outage(state):
+    """Answers published on board a for a user on board d while the a-b link (d's way up) is cut for 60 s: they
+    wait on a, in the 3.1.1 answers bridge's session, and arrive once after the link heals."""
+    creds = fleet.ops_credentials(state)
+    topic_root = fleet.topic_root(state)
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", state.ns("ops"), "mosquitto_sub", "-h", state.address("d"), "-p",
+         str(state.ports["d"]), "-V", "mqttv5", "--cafile", creds["tls_ca_file"], "--cert", creds["tls_cert_file"],
+         "--key", creds["tls_key_file"], "-u", creds["username"], "-P", creds["password"], "-q", "1",
+         "-t", f"{topic_root}/a/answer/#"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ids = [f"outage-{uuid.uuid4().hex[:6]}-{i}" for i in range(5)]
+    try:
+        time.sleep(1.0)
+        fleet.cut(state, "a", "b")
+        cut_at = time.monotonic()
+        for rid in ids:
+            sent = _mosquitto_client(state, "mosquitto_pub", "a", creds["username"], creds["password"], "-q", "1",
+                                     "-t", f"{topic_root}/a/prompt",
+                                     "-m", json.dumps({"prompt": f"during the outage {rid}", "request_id": rid,
+                                                       "layers": 0}))
+            assert sent.returncode == 0, sent.stderr
+        time.sleep(max(0.0, 60.0 - (time.monotonic() - cut_at)))
+    finally:
+        fleet.heal(state, "a", "b")
+    time.sleep(25)  # the bridge reconnects within restart_timeout and delivers its queue
+    listener.terminate()
+    out, _ = listener.communicate(timeout=10)
+    seen = [json.loads(line)["request_id"] for line in out.splitlines() if line.startswith("{")]
+    assert sorted(seen) == sorted(ids), out[-2000:]
+
+
 def test_delay_slows_the_bridge_by_the_set_amount(state):
     def round_trip() -> float:
         return min(ask(state, "b", "ping", via="d", timeout_s=30, layers=0)["client_round_trip_s"] for _ in range(2))

@@ -46,10 +46,10 @@ def test_where_the_kernel_cannot_be_patched_the_build_is_portable(default_model_
     and gives the same next-token distributions as the default build."""
     from edge_agent.model import build
 
-    def foreign_layout(model_dir):
-        raise InferenceError("150 of 150 weights' block minimums not found in onnxruntime's prepacked buffers")
+    def foreign_layout(*args):
+        raise InferenceError("of 150 weights' block minimums, 150 not found")
 
-    monkeypatch.setattr(build, "_try_block_offsets", foreign_layout)
+    monkeypatch.setattr(build, "_check_tuned", foreign_layout)
     work = default_model_dir.parent / f".{default_model_dir.name}.work"  # the cached GGUF download
     out = build.build_model("smollm2-135m-instruct", out_dir=tmp_path / "portable", work_dir=work)
 

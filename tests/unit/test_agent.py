@@ -11,7 +11,6 @@ from edge_agent.journal import Journal
 from edge_agent.memory_transport import MemoryBroker
 from edge_agent.protocol import ResultMessage, Status, TaskAckMessage, UserRequest, encode
 from edge_agent.topics import Topics
-
 from tests.unit.agent_harness import ROOT, User, kill, make_agent, started, stopped, wait_for
 
 TOPICS = Topics(ROOT)
@@ -236,7 +235,7 @@ def test_unacknowledged_reply_is_sent_again_after_a_restart_and_old_rows_are_ans
         await wait_for(lambda: user.finals("apps/gone") and user.finals("apps/old"), what="both replies")
         assert user.finals("apps/gone")[0]["response"] == "kept"
         assert user.finals("apps/old")[0]["error"]["code"] == "internal"
-        assert agent.journal.unsent() == []
+        await wait_for(lambda: agent.journal.unsent() == [], what="the broker's acknowledgements marked")
         await stopped(agent)
 
     run(scenario())

@@ -3,8 +3,8 @@
 import pytest
 
 from edge_agent.config import LimitsSection, MoaSection
-from edge_agent.errors import ProtocolError
-from edge_agent.intake import Refusal, read_prompt
+from edge_agent.errors import ProtocolError, Refusal
+from edge_agent.intake import read_prompt
 from edge_agent.topics import Topics
 from edge_agent.transport import RawMessage
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
+import tomllib
 
 from edge_agent.config import parse_config
 from edge_agent.errors import ConfigError
@@ -158,8 +157,15 @@ def test_mosquitto_conf_bridges_only_to_the_parent():
     root_conf = render_mosquitto_conf(inv, tree, inv.board("a"), installed_layout(), password_of)
     assert "connection " not in root_conf
     conf = render_mosquitto_conf(inv, tree, inv.board("d"), installed_layout(), password_of)
-    assert conf.count("\nconnection ") == 1
-    for line in ("connection edge-moa-d-to-b", "address 10.0.0.2:8883", "topic moa/v1/# both 1",
+    # one link to the parent, two connections with disjoint topics: v5 for prompts and agents, 3.1.1 for answers
+    assert conf.count("\nconnection ") == 2 and conf.count("\naddress 10.0.0.2:8883\n") == 2
+    v5, v311 = conf.split("\nconnection edge-moa-d-to-b-answers\n")
+    assert "\nbridge_protocol_version mqttv50\n" in v5 and "\nbridge_protocol_version mqttv311\n" in v311
+    assert [line for line in v5.splitlines() if line.startswith("topic ")] == [
+        "topic moa/v1/+/prompt both 1", "topic moa/v1/+/status both 1", "topic moa/v1/+/inbox/+ both 1"]
+    assert [line for line in v311.splitlines() if line.startswith("topic ")] == ["topic moa/v1/+/answer/# both 1"]
+    assert "\nremote_clientid bridge.d.answers\n" in v311 and "\nremote_username bridge.d\n" in v311
+    for line in ("connection edge-moa-d-to-b", "address 10.0.0.2:8883",
                  "restart_timeout 1 5", "remote_username bridge.d", "remote_password pw-bridge.d",
                  "cleansession false", "bridge_cafile /etc/edge-moa/mosquitto/ca.crt", "bridge_insecure false",
                  "listener 9883", "allow_anonymous false", "require_certificate true",
@@ -176,8 +182,9 @@ def test_bridge_protocol_is_a_choice():
     assert "\nbridge_protocol_version mqttv50\n" in render_mosquitto_conf(inv, tree, inv.board("d"), installed_layout(),
                                                                           password_of)
     inv = inventory(bridge_protocol="mqttv311")
-    assert "\nbridge_protocol_version mqttv311\n" in render_mosquitto_conf(inv, tree, inv.board("d"),
-                                                                           installed_layout(), password_of)
+    conf = render_mosquitto_conf(inv, tree, inv.board("d"), installed_layout(), password_of)
+    assert "\nbridge_protocol_version mqttv311\n" in conf and "mqttv50" not in conf
+    assert conf.count("\nconnection ") == 1 and "\ntopic moa/v1/# both 1\n" in conf
 
 
 def test_mosquitto_conf_without_tls():

@@ -36,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     for round_ in range(args.rounds):
         cfg = ChaosConfig(prompts=args.prompts, fuzz=args.fuzz, rate_per_s=args.rate, seed=100 + round_,
                           drain_s=120.0)
-        runs = [lambda d: [scenario_kill(cfg, d, victim="proposer")],
-                lambda d: [scenario_kill(cfg, d, victim="origin")],
-                lambda d: [scenario_broker_kill(cfg, d)],
-                lambda d: list(scenario_fuzz(cfg, d)),
-                lambda d: [scenario_held_poison(cfg, d)]]
+        runs = [lambda d, c=cfg: [scenario_kill(c, d, victim="proposer")],
+                lambda d, c=cfg: [scenario_kill(c, d, victim="origin")],
+                lambda d, c=cfg: [scenario_broker_kill(c, d)],
+                lambda d, c=cfg: list(scenario_fuzz(c, d)),
+                lambda d, c=cfg: [scenario_held_poison(c, d)]]
         for run in runs:
             with tempfile.TemporaryDirectory(prefix="edge-moa-chaos-") as workdir:
                 for outcome in run(Path(workdir)):
