@@ -65,6 +65,8 @@ def create_app(backend: GatewayBackend, *, api_key: str | None = None) -> Starle
         if not plan.stream:
             await events.aclose()
             answer = first.answer  # without streaming the only event is the Final
+            log.info("%s %s answered in %.2fs (%s inferences)", plan.model, answer.get("request_id"),
+                     answer.get("latency_s", 0.0), answer.get("inferences"))
             return JSONResponse(chat.completion(completion_id, plan.model, plan.prompt, answer, created))
         return StreamingResponse(_sse(first, events, plan, completion_id, created), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
@@ -165,6 +167,8 @@ async def _sse(first: Delta | Final, events: AsyncIterator[Delta | Final], plan:
             if "error" in answer:
                 yield event(chat.agent_error(answer).body())
             else:
+                log.info("%s %s streamed in %.2fs (%s inferences)", plan.model, answer.get("request_id"),
+                         answer.get("latency_s", 0.0), answer.get("inferences"))
                 yield event(chat.chunk(completion_id, plan.model, created, {}, "stop",
                                        moa=chat.moa_extension(answer)))
                 if plan.include_usage:
