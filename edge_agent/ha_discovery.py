@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 # Home Assistant's topics are its own namespace, outside our topic root, so they are built here, not in topics.py.
@@ -85,43 +83,3 @@ def discovery_payload(device: str, model_id: str | None, version: str, status_to
         },
     }
 
-
-@dataclass(frozen=True)
-class Publish:
-    """One message the agent must publish (QoS 1)."""
-
-    topic: str
-    payload: bytes
-    retain: bool = True
-
-
-class DiscoveryAnnouncer:
-    """When to publish the discovery config, as decisions without I/O; the agent carries them out.
-
-    - `subscriptions()` once, before or at connect: Home Assistant's status topic;
-    - `on_connected()` after every (re)connect: the config, retained;
-    - `on_message(topic, payload)` for each message on those subscriptions: the config again when Home Assistant
-      announces itself (`online`, its birth message after a restart), nothing otherwise;
-    - `decommission()` when the board leaves the mesh: the empty retained payload that deletes the device.
-    """
-
-    def __init__(self, device: str, model_id: str | None, version: str, status_topic: str, *,
-                 prefix: str = DEFAULT_PREFIX, unique_prefix: str | None = None):
-        self.topic = discovery_topic(device, prefix)
-        self.status_topic = ha_status_topic(prefix)
-        payload = discovery_payload(device, model_id, version, status_topic, unique_prefix=unique_prefix)
-        self._config = json.dumps(payload, separators=(",", ":")).encode("utf-8")
-
-    def subscriptions(self) -> list[str]:
-        return [self.status_topic]
-
-    def on_connected(self) -> list[Publish]:
-        return [Publish(self.topic, self._config)]
-
-    def on_message(self, topic: str, payload: bytes) -> list[Publish]:
-        if topic == self.status_topic and payload.strip() == HA_ONLINE:
-            return [Publish(self.topic, self._config)]
-        return []
-
-    def decommission(self) -> list[Publish]:
-        return [Publish(self.topic, REMOVAL_PAYLOAD)]

@@ -114,17 +114,3 @@ def test_a_device_id_unusable_in_topics_is_refused():
     with pytest.raises(ValueError):
         discovery_topic("agent/1")
 
-
-def test_announcer_decides_when_to_publish():
-    from edge_agent.ha_discovery import DiscoveryAnnouncer
-
-    announcer = DiscoveryAnnouncer("agent1", "m", "1", STATUS_TOPIC, prefix="ha")
-    assert announcer.subscriptions() == ["ha/status"]
-    (config,) = announcer.on_connected()
-    assert config.topic == "ha/device/edgemoa_agent1/config" and config.retain
-    assert json.loads(config.payload)["state_topic"] == STATUS_TOPIC
-    assert announcer.on_message("ha/status", b"online") == [config]
-    assert announcer.on_message("ha/status", b"offline") == []
-    assert announcer.on_message("other/status", b"online") == []
-    (removal,) = announcer.decommission()
-    assert removal.topic == config.topic and removal.payload == b"" and removal.retain
