@@ -52,14 +52,21 @@ def create_app(backend: GatewayBackend, *, api_key: str | None = None) -> Starle
             return error_response(chat.RequestError(400, "the request body is not JSON", code="invalid_request"))
         try:
             plan = chat.parse_chat_request(body)
-            events = backend.ask(plan.prompt, plan.options(), stream=plan.stream)
+        except chat.RequestError as exc:
+            return error_response(exc)
+        events = backend.ask(plan.prompt, plan.options(), stream=plan.stream)
+        try:
             first = await _first_event(events, backend)
         except chat.RequestError as exc:
+            await events.aclose()
             return error_response(exc)
         completion_id = f"chatcmpl-{new_id()[:24]}"
         created = int(time.time())
         if not plan.stream:
+            await events.aclose()
             answer = first.answer  # without streaming the only event is the Final
+            log.info("%s %s answered in %.2fs (%s inferences)", plan.model, answer.get("request_id"),
+                     answer.get("latency_s", 0.0), answer.get("inferences"))
             return JSONResponse(chat.completion(completion_id, plan.model, plan.prompt, answer, created))
         return StreamingResponse(_sse(first, events, plan, completion_id, created), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
@@ -160,6 +167,8 @@ async def _sse(first: Delta | Final, events: AsyncIterator[Delta | Final], plan:
             if "error" in answer:
                 yield event(chat.agent_error(answer).body())
             else:
+                log.info("%s %s streamed in %.2fs (%s inferences)", plan.model, answer.get("request_id"),
+                         answer.get("latency_s", 0.0), answer.get("inferences"))
                 yield event(chat.chunk(completion_id, plan.model, created, {}, "stop",
                                        moa=chat.moa_extension(answer)))
                 if plan.include_usage:
@@ -169,6 +178,8 @@ async def _sse(first: Delta | Final, events: AsyncIterator[Delta | Final], plan:
         yield event(chat.RequestError(504, str(exc), code="timeout", type_="timeout_error").body())
     except StopAsyncIteration:
         pass
+    finally:  # also when the client went away mid-stream: the request is forgotten in the MQTT client now
+        await events.aclose()
     yield b"data: [DONE]\n\n"
 
 

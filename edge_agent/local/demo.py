@@ -28,6 +28,8 @@ def register(sub) -> None:
     demo.add_argument("--serve", action="store_true", help="keep the mesh up after the samples (Ctrl-C ends it)")
     demo.add_argument("--port", type=int, help="broker port (default: a free one)")
     demo.add_argument("--workdir", type=Path, help="where agent configs, logs and journals go")
+    demo.add_argument("--gateway", metavar="HOST:PORT", help="with --serve: also run `edge-moa gateway` for agent1 "
+                      "there (OpenAI-compatible API and the live mesh page), e.g. 127.0.0.1:8080")
     demo.add_argument("prompts", nargs="*", help="prompts to ask (default: a few samples)")
     demo.set_defaults(func=cmd_demo)
 
@@ -58,6 +60,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                     max_new_tokens=args.max_new_tokens, timeout_s=600)
                 print(describe_answer(answer), flush=True)
         if args.serve:
+            gateway = _start_gateway(args.gateway, broker.address, mesh) if args.gateway else None
+            if gateway is not None:
+                print(f"gateway: http://{args.gateway}/ (mesh page), http://{args.gateway}/v1 (OpenAI API, "
+                      f"model moa, single or moa-M<m>-k<k>)")
             print(f"\nmesh is up: broker {broker.address}, topic root {mesh.topic_root}. Try:\n"
                   f"  edge-moa ask --broker {broker.address} --device agent1 'Hello!'\n"
                   f"  mosquitto_rr -h {broker.host} -p {broker.port} -V 5 -t moa/v1/agent1/prompt "
@@ -71,7 +77,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
+            finally:
+                if gateway is not None:
+                    gateway.terminate()
+                    gateway.wait(10)
     return 0
+
+
+def _start_gateway(listen: str, broker_address: str, mesh):
+    import subprocess
+    import sys
+
+    log = open(mesh.workdir / "gateway.log", "ab")  # noqa: SIM115  # the child's output
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "gateway", "--broker", broker_address,
+                             "--topic-root", mesh.topic_root, "--device", mesh.devices[0], "--listen", listen],
+                            stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not _answers(f"http://{listen}/health"):
+        if proc.poll() is not None:
+            raise SystemExit(f"the gateway exited ({proc.returncode}); see {mesh.workdir / 'gateway.log'}")
+        time.sleep(0.2)
+    return proc
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _interrupt(signum, frame) -> None:

@@ -79,7 +79,8 @@ def get_json(url: str, api_key: str | None = None) -> tuple[int, dict, dict]:
 class FakeStreamingAgent:
     """Answers prompts on `<root>/<device>/prompt` the way the streaming contract says an agent does.
 
-    `script(prompt_json)` returns the messages to publish on the reply topic, in that order (chunks, answer).
+    `script(prompt_json)` returns the messages to publish on the reply topic, in that order (chunks, answer), with
+    numbers for pauses in seconds.
     Only for what the real agent cannot be made to do on demand (out-of-order and duplicated chunks).
     """
 
@@ -104,6 +105,9 @@ class FakeStreamingAgent:
                 prompt = json.loads(payload)
                 self.prompts.append(prompt)
                 for message in self.script(prompt):
+                    if isinstance(message, (int, float)):  # a pause, in seconds
+                        time.sleep(message)
+                        continue
                     self._client.publish(prompt["reply_to"], json.dumps(message))
             time.sleep(0.01)
 

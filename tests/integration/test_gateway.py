@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import time
@@ -240,3 +241,28 @@ def test_a_final_answer_without_chunks_streams_as_one_delta(broker, topic_root, 
                                                      messages=[{"role": "user", "content": "Hi"}]))
         deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
         assert deltas == ["All at once."]
+
+
+def test_a_client_leaving_mid_stream_does_not_disturb_the_next(broker, topic_root, tmp_path):
+    def script(prompt):
+        rid = prompt["request_id"]
+        answer = {"request_id": rid, "device": "fake", "response": "one two", "layers": 0, "proposers": 0,
+                  "latency_s": 0.1, "inferences": 1, "trace": []}
+        if prompt["prompt"] == "leave":
+            return [{"type": "chunk", "request_id": rid, "index": 0, "delta": "one"}, 1.5,
+                    {"type": "chunk", "request_id": rid, "index": 1, "delta": " two"}, answer]
+        return [answer]
+
+    with FakeStreamingAgent(broker.host, broker.port, topic_root, "fake", script), \
+            GatewayProcess(broker.address, "fake", topic_root, tmp_path) as gw:
+        body = json.dumps({"model": "single", "stream": True, "messages": [{"role": "user", "content": "leave"}]})
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert response.status == 200 and response.readline().startswith(b"data: ")  # the role chunk
+        conn.close()  # gone before the answer
+        time.sleep(2)
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        result = client.chat.completions.create(model="single", messages=[{"role": "user", "content": "stay"}])
+        assert result.choices[0].message.content == "one two"
+        assert "Traceback" not in gw.log(), gw.log()

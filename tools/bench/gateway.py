@@ -115,6 +115,23 @@ def overhead(mesh: LocalMesh, gateway: Gateway, prompts: int, layers: int, propo
             "http_minus_mqtt_p95_ms": ms(percentile(via_http, 0.95) - percentile(via_mqtt, 0.95))}
 
 
+def concurrent_rss(gateway: Gateway, clients: int) -> dict:
+    """RSS of the gateway while `clients` streamed requests wait on the mesh at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    peak = rss_mb(gateway.proc.pid)
+    body = {"model": "single", "stream": True, "max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]}
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(gateway.request, body) for _ in range(clients)]
+        while not all(f.done() for f in futures):
+            peak = max(peak, rss_mb(gateway.proc.pid))
+            time.sleep(0.05)
+        for f in futures:
+            f.result()
+    return {"clients": clients, "rss_peak_mb": round(peak, 1), "all_answered_s": round(time.perf_counter() - started, 2)}
+
+
 def first_token(gateway: Gateway, prompts: int, layers: int, proposers: int, tokens: int) -> dict:
     model = "single" if layers == 0 else f"moa-M{layers}-k{proposers}"
     ttft, whole, plain = [], [], []
@@ -136,6 +153,7 @@ def main() -> None:
     parser.add_argument("--service-s", type=float, default=0.3, help="synthetic engine's service time")
     parser.add_argument("--real-prompts", type=int, default=8, help="0 skips the default-model run")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--concurrent", type=int, default=50, help="streams waiting at once for the RSS peak")
     args = parser.parse_args()
     report: dict = {}
     root = f"bench/{uuid.uuid4().hex[:8]}"
@@ -146,6 +164,8 @@ def main() -> None:
             report["gateway_rss_idle_mb"] = round(rss_mb(gateway.proc.pid), 1)
             report["synthetic"] = [overhead(mesh, gateway, args.prompts, m, k, 32) for m, k in ((0, 0), (1, 2))]
             report["gateway_rss_after_mb"] = round(rss_mb(gateway.proc.pid), 1)
+            report["concurrent"] = concurrent_rss(gateway, args.concurrent)
+            report["gateway_rss_after_concurrent_mb"] = round(rss_mb(gateway.proc.pid), 1)
         finally:
             gateway.stop()
     if args.real_prompts:
