@@ -121,16 +121,14 @@ def test_waiting_tasks_are_served_together_in_one_batch(broker):
     with mesh, mesh.client() as client:
         first = client.submit("agent1", "first", layers=0)
         time.sleep(0.3)  # the first is in service; the next three join its batch at its next step
-        sent = time.monotonic()
         rest = [client.submit("agent1", f"next {i}", layers=0) for i in range(3)]
         answers = [f.result(timeout=30) for f in [first, *rest]]
-        waited = time.monotonic() - sent
     seconds = [a["trace"][0]["answered"][0]["inference_s"] for a in answers]
     # continuous batching: the first shares its remaining steps with the newcomers (1.75x slower each step for
-    # its last 0.7 s of work: about 1.5 s), the newcomers end about 1.7 s after they came. One by one (FCFS) they
-    # would end 1.7, 2.7 and 3.7 s after; a static batch after the first, 2.2 s after.
-    assert 1.25 < seconds[0] < 2.2, seconds
-    assert waited < 2.1, (waited, seconds)
+    # its last 0.7 s of work: about 1.5 s in all; alone, or with a static batch after it, 1.0 s), and the three
+    # newcomers are served together (about 1.7 s each), not one after another
+    assert 1.25 < seconds[0] < 2.5, seconds
+    assert all(1.2 < s < 2.5 for s in seconds[1:]) and max(seconds[1:]) - min(seconds[1:]) < 0.3, seconds
 
 
 def test_speed_aware_agents_route_around_a_slow_board(broker):
