@@ -16,7 +16,7 @@ import statistics
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .. import __version__
 from ..config import AgentConfig
@@ -49,6 +49,7 @@ from .moa import Finish, LayerDone, MoaRun, MoaTimeouts, RunLocal, SendTask
 from .peers import PeerTable
 from .prompt_queue import QueuedTask
 from .replies import Replies, error_payload
+from .tokenize import OffLoopTokenizer
 
 log = logging.getLogger(__name__)
 TICK_S = 0.2
@@ -108,6 +109,8 @@ class Agent:
         self.counts = {"answered": 0, "failed": 0, "served": 0}
         self._discovering = True
         self._held: list[RawMessage] = []  # prompts that arrived during discovery: acknowledged when handled
+        self._intake: set[str] = set()  # request ids being tokenized for admission: a repeat counts as in flight
+        self.tokenizer: OffLoopTokenizer | None = None
         self._started = time.monotonic()
         self._last_prune = 0.0
         self._stop: asyncio.Event | None = None
@@ -126,6 +129,7 @@ class Agent:
         """Connect, subscribe, re-send unacknowledged replies; discovery ends DISCOVERY_S later."""
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self.tokenizer = OffLoopTokenizer(self.engine.prompt_ids, self._loop)
         hop = self._loop.call_soon_threadsafe
         self.transport = self._transport_factory(
             client_id=f"edge-moa-agent-{self.device}",
@@ -157,6 +161,7 @@ class Agent:
         await asyncio.sleep(0.1)
         self.transport.close()
         self.worker.close(timeout_s=0.5)
+        self.tokenizer.close()
         self.journal.close()
         if self.metrics is not None:
             self.metrics.close()
@@ -244,9 +249,9 @@ class Agent:
             if self._discovering:
                 self._held.append(message)
                 return True
-            self._on_prompt(message)
+            return self._on_prompt(message)
         elif kind == "inbox" and device == self.device and extra:
-            self._on_internal(extra, message)
+            return self._on_internal(extra, message)
         return False
 
     def _refuse_unreadable(self, message: RawMessage, code: str, text: str) -> None:
@@ -288,27 +293,49 @@ class Agent:
             for run in list(self.runs.values()):
                 self._execute(run, run.on_peer_gone(status.device, self._alive(), self.rng, time.monotonic()))
 
-    def _on_prompt(self, message: RawMessage) -> None:
-        answer_topic = lambda rid: self.topics.answer(self.device, rid)
+    def _on_prompt(self, message: RawMessage) -> bool:
+        """Validate and route a prompt, then tokenize it off the loop; True: held until admission decides."""
         try:
             request = read_prompt(message, device=self.device, topics=self.topics, moa=self.config.moa,
                                   limits=self.config.limits, received_at=time.time())
             route = route_of(request)
             if self._is_repeat(request, route, message):
-                return
-            self._admit_prompt(request, route)
+                return False
+            if not self._healthy():
+                raise Refusal(route, "unavailable", f"this agent's engine has not finished an inference for "
+                                                    f"{self.worker.busy_for_s():.0f}s; try another board")
         except (ProtocolError, TooLargeError) as exc:
-            route = best_effort_route(message.payload, message.response_topic, message.correlation_data, answer_topic)
-            log.warning("refused prompt (%s): %s; payload %r", exc.code, exc, message.payload[:200])
-            self._observe("observe_refusal", exc.code)
-            if route:
-                self.replies.refuse(route, exc.code, str(exc))
-            return
+            self._refuse_unroutable(message, exc)
+            return False
         except Refusal as refusal:
-            log.warning("refused prompt %s: %s", refusal.route.request_id, refusal.message)
-            self._observe("observe_refusal", refusal.code)
-            self.replies.refuse(refusal.route, refusal.code, refusal.message)
+            self._refuse(refusal)
+            return False
+        generation = GenerationRequest(messages=(ChatMessage("user", request.prompt),),
+                                       max_new_tokens=request.max_new_tokens)
+        self._intake.add(request.request_id)
+        self.tokenizer.ids(generation.messages,
+                           then=lambda ids: self._admit_prompt(message, request, route, generation, ids),
+                           failed=lambda exc: self._intake_failed(message, request, route, exc))
+        return True
+
+    def _admit_prompt(self, message: RawMessage, request: UserRequest, route: ReplyRoute,
+                      generation: GenerationRequest, ids: tuple[int, ...]) -> None:
+        """Context, memory charge and the journal; only then the broker's acknowledgement, then the run."""
+        self._intake.discard(request.request_id)
+        try:
+            if len(ids) + request.max_new_tokens > self.engine.context_length:
+                raise Refusal(route, "too_large", f"prompt ({len(ids)} tokens) + max_new_tokens "
+                                                  f"({request.max_new_tokens}) exceed the model's context of "
+                                                  f"{self.engine.context_length} tokens")
+            if not self.admission.admits(self.admission.charge(generation, len(ids))):
+                raise Refusal(route, "queue_full", f"queue full ({self.admission.describe()}); try again later")
+            if not self.journal.accept(request):
+                raise Refusal(route, "invalid_request", f"request_id {request.request_id} was already accepted")
+        except Refusal as refusal:
+            self._refuse(refusal)
+            self._ack(message)
             return
+        self._ack(message)
         run = self._new_run(request, remaining_s=request.deadline_at - request.received_at)
         self.runs[request.request_id] = run
         if request.stream:
@@ -316,11 +343,33 @@ class Agent:
         log.info("accepted %s: M=%d k=%d", request.request_id, request.layers, request.proposers)
         self._execute(run, run.start(self._alive(), self.rng, time.monotonic()))
 
+    def _intake_failed(self, message: RawMessage, request: UserRequest, route: ReplyRoute, exc: Exception) -> None:
+        """Tokenizing or admitting this prompt failed: one error, unless it was accepted (then its run answers)."""
+        self._intake.discard(request.request_id)
+        log.warning("admitting %s failed: %r", request.request_id, exc, exc_info=exc)
+        if request.request_id not in self.runs and not self.journal.in_progress(request.request_id):
+            code = exc.code if isinstance(exc, InferenceError) else "internal"
+            self.replies.refuse(route, code, f"the agent could not admit this prompt: {exc}"[:300])
+        self._ack(message)
+
+    def _refuse(self, refusal: Refusal) -> None:
+        log.warning("refused prompt %s: %s", refusal.route.request_id, refusal.message)
+        self._observe("observe_refusal", refusal.code)
+        self.replies.refuse(refusal.route, refusal.code, refusal.message)
+
+    def _refuse_unroutable(self, message: RawMessage, exc: ProtocolError | TooLargeError) -> None:
+        route = best_effort_route(message.payload, message.response_topic, message.correlation_data,
+                                  lambda rid: self.topics.answer(self.device, rid))
+        log.warning("refused prompt (%s): %s; payload %r", exc.code, exc, message.payload[:200])
+        self._observe("observe_refusal", exc.code)
+        if route:
+            self.replies.refuse(route, exc.code, str(exc))
+
     def _is_repeat(self, request: UserRequest, route: ReplyRoute, message: RawMessage) -> bool:
         """A request id seen before: in flight -> nothing more (its one answer comes); finished -> the stored
         answer again on this route, unless the broker merely re-delivered the very message we answered."""
         rid = request.request_id
-        if rid in self.runs or self.journal.in_progress(rid):
+        if rid in self.runs or rid in self._intake or self.journal.in_progress(rid):
             log.info("request %s repeated while in progress: its answer will come once", rid)
             return True
         stored = self.journal.reply(rid)
@@ -335,23 +384,8 @@ class Agent:
             log.info("request %s repeated: its stored answer is on its way", rid)
         return True
 
-    def _admit_prompt(self, request: UserRequest, route: ReplyRoute) -> None:
-        if not self._healthy():
-            raise Refusal(route, "unavailable", f"this agent's engine has not finished an inference for "
-                                                f"{self.worker.busy_for_s():.0f}s; try another board")
-        generation = GenerationRequest(messages=(ChatMessage("user", request.prompt),),
-                                       max_new_tokens=request.max_new_tokens)
-        prompt_tokens = self.engine.count_prompt_tokens(generation.messages)
-        if prompt_tokens + request.max_new_tokens > self.engine.context_length:
-            raise Refusal(route, "too_large", f"prompt ({prompt_tokens} tokens) + max_new_tokens "
-                                              f"({request.max_new_tokens}) exceed the model's context of "
-                                              f"{self.engine.context_length} tokens")
-        if not self.admission.admits(self.admission.charge(generation, prompt_tokens)):
-            raise Refusal(route, "queue_full", f"queue full ({self.admission.describe()}); try again later")
-        if not self.journal.accept(request):
-            raise Refusal(route, "invalid_request", f"request_id {request.request_id} was already accepted")
-
-    def _on_internal(self, sender: str, message: RawMessage) -> None:
+    def _on_internal(self, sender: str, message: RawMessage) -> bool:
+        """An agent-to-agent message; True when it is held (a task: acknowledged once admission decided)."""
         msg = decode_internal(message.payload)
         if msg.sender != sender:
             raise ProtocolError(f"sender {msg.sender!r} does not match its topic's {sender!r}")
@@ -359,15 +393,14 @@ class Agent:
             raise ProtocolError("a message in our inbox claims to come from ourselves")
         if not self._seen.first_time(msg.msg_id):
             log.debug("duplicate message %s dropped", msg.msg_id)
-            return
+            return False
         now = time.monotonic()
         if isinstance(msg, TaskMessage):
-            self._on_task(msg)
-            return
+            return self._on_task(msg, message)
         run = self.runs.get(msg.request_id)
         if run is None:
             log.debug("%s for unknown or finished request %s ignored", msg.type, msg.request_id)
-            return
+            return False
         if isinstance(msg, TaskAckMessage):
             self.peers.note_queue(msg.sender, msg.queue_length)
             actions = run.on_ack(sender, msg.task_id, msg.accepted, msg.reason, msg.eta_s, self._alive(), self.rng,
@@ -376,28 +409,43 @@ class Agent:
             actions = run.on_result(sender, msg.task_id, msg.text, msg.error, msg.inference_s, self._alive(),
                                     self.rng, now)
         self._execute(run, actions)
+        return False
 
-    def _on_task(self, task: TaskMessage) -> None:
+    def _on_task(self, task: TaskMessage, message: RawMessage) -> bool:
+        """A peer's task: tokenized off the loop, then admitted or refused; the ack tells the peer which."""
         generation = GenerationRequest(
             messages=tuple(ChatMessage(m.role, m.content) for m in task.messages),
             max_new_tokens=min(task.max_new_tokens, self.config.moa.max_new_tokens_limit),
             temperature=task.temperature, seed=self.config.engine.seed,
         )
-        reason, charge = None, 0
         if not self._healthy():
-            reason = "unhealthy"
-        else:
-            prompt_tokens = self.engine.count_prompt_tokens(generation.messages)
-            charge = self.admission.charge(generation, prompt_tokens)
-            if prompt_tokens + generation.max_new_tokens > self.engine.context_length:
+            self._answer_task(task, "unhealthy")
+            return False
+
+        def admit(ids: tuple[int, ...]) -> None:
+            charge = self.admission.charge(generation, len(ids))
+            reason = None
+            if len(ids) + generation.max_new_tokens > self.engine.context_length:
                 reason = "too_large"
             elif not self.admission.admits(charge):
                 reason = "busy"
-        if reason is None:
-            self._submit(QueuedTask(task_id=task.task_id, request_id=task.request_id, layer=task.layer,
-                                    origin=task.sender, generation=generation, charge_bytes=charge,
-                                    enqueued_at=time.monotonic()))
-        else:
+            else:
+                self._submit(QueuedTask(task_id=task.task_id, request_id=task.request_id, layer=task.layer,
+                                        origin=task.sender, generation=replace(generation, prompt_ids=ids),
+                                        charge_bytes=charge, enqueued_at=time.monotonic()))
+            self._answer_task(task, reason)
+            self._ack(message)
+
+        def failed(exc: Exception) -> None:
+            log.warning("task %s from %s could not be admitted: %r", task.task_id, task.sender, exc)
+            self._answer_task(task, "invalid_request")
+            self._ack(message)
+
+        self.tokenizer.ids(generation.messages, then=admit, failed=failed)
+        return True
+
+    def _answer_task(self, task: TaskMessage, reason: str | None) -> None:
+        if reason is not None:
             log.info("refused task %s from %s: %s", task.task_id, task.sender, reason)
             self._observe("observe_refusal", reason)
         ack = TaskAckMessage(sender=self.device, request_id=task.request_id, layer=task.layer, task_id=task.task_id,
@@ -432,14 +480,29 @@ class Agent:
             self._finish(run, action)
 
     def _enqueue_own(self, task: TaskMessage) -> None:
+        """Our own share of a layer (admitted with its prompt): tokenized off the loop, or remembered from
+        admission for layer 1; a failure ends that slot with an error, like a failed inference."""
         generation = GenerationRequest(
             messages=tuple(ChatMessage(m.role, m.content) for m in task.messages),
             max_new_tokens=task.max_new_tokens, temperature=task.temperature, seed=self.config.engine.seed,
         )
-        charge = self.admission.charge(generation, self.engine.count_prompt_tokens(generation.messages))
-        self._submit(QueuedTask(task_id=task.task_id, request_id=task.request_id, layer=task.layer,
-                                origin=self.device, generation=generation, charge_bytes=charge,
-                                enqueued_at=time.monotonic()))
+
+        def submit(ids: tuple[int, ...]) -> None:
+            if task.request_id not in self.runs:
+                return  # the request ended meanwhile
+            self._submit(QueuedTask(task_id=task.task_id, request_id=task.request_id, layer=task.layer,
+                                    origin=self.device, generation=replace(generation, prompt_ids=ids),
+                                    charge_bytes=self.admission.charge(generation, len(ids)),
+                                    enqueued_at=time.monotonic()))
+
+        def failed(exc: Exception) -> None:
+            run = self.runs.get(task.request_id)
+            if run is not None:
+                error = ErrorBody(code=getattr(exc, "code", "internal"), message=f"{exc}"[:300])
+                self._execute(run, run.on_result(self.device, task.task_id, None, error, 0.0, self._alive(),
+                                                 self.rng, time.monotonic()))
+
+        self.tokenizer.ids(generation.messages, then=submit, failed=failed)
 
     def _finish(self, run: MoaRun, finish: Finish) -> None:
         request = run.request

@@ -154,7 +154,7 @@ class OnnxEngine:
         """One request; `on_delta(text)` (optional, called on this thread) gets the answer as it is decoded, in
         pieces that join to the returned text."""
         started = time.perf_counter()
-        prompt_ids = self._prompt_ids(request.messages)
+        prompt_ids = self._request_ids(request)
         self._check(prompt_ids, request.max_new_tokens)
         stream = TextStream(self.decode, self._stop_strings, on_delta) if on_delta is not None else None
         seq = self._sequence(request, prompt_ids, stream=stream)
@@ -267,6 +267,13 @@ class OnnxEngine:
 
     # -- inside ----------------------------------------------------------------------------------------------
 
+    def prompt_ids(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+        """The rendered chat prompt's token ids (template included): what admission counts and generation reads."""
+        return self._prompt_ids(messages)
+
+    def _request_ids(self, request: GenerationRequest) -> list[int]:
+        return list(request.prompt_ids) if request.prompt_ids is not None else self._prompt_ids(request.messages)
+
     def _prompt_ids(self, messages: tuple[ChatMessage, ...]) -> list[int]:
         try:
             return self.encode(self.render_prompt(messages))
@@ -374,7 +381,7 @@ class OnnxBatch:
     ):
         """Join the batch at the next step; raises TooLargeError / InferenceError for this request alone."""
         engine = self._engine
-        prompt_ids = engine._prompt_ids(request.messages)
+        prompt_ids = engine._request_ids(request)
         engine._check(prompt_ids, request.max_new_tokens)
         stream = TextStream(engine.decode, engine._stop_strings, on_delta) if on_delta is not None else None
         seq = engine._sequence(request, prompt_ids, stream=stream, stop_at_eos=self._stop_at_eos)

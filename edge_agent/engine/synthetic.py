@@ -62,6 +62,10 @@ class SyntheticEngine:
     def count_prompt_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
         return sum(len(m.content.split()) + 4 for m in messages)
 
+    def prompt_ids(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+        """Stand-in token ids (one per word, plus the template's): only their number matters here."""
+        return list(range(self.count_prompt_tokens(messages)))
+
     def _service_time(self) -> float:
         if self._distribution == "deterministic":
             return self._service_s
@@ -73,7 +77,8 @@ class SyntheticEngine:
         return self._service_s * (1.0 + self.batch_cost * (b - 1))
 
     def _check(self, request: GenerationRequest) -> int:
-        prompt_tokens = self.count_prompt_tokens(request.messages)
+        prompt_tokens = (len(request.prompt_ids) if request.prompt_ids is not None
+                         else self.count_prompt_tokens(request.messages))
         if prompt_tokens + request.max_new_tokens > self.context_length:
             raise TooLargeError(
                 f"prompt ({prompt_tokens} tokens) + max_new_tokens ({request.max_new_tokens}) "

@@ -290,3 +290,31 @@ def test_streamed_final_aggregation_comes_in_chunks_then_the_one_answer(tmp_path
         await stopped(*agents)
 
     run(scenario())
+
+
+def test_a_prompt_is_tokenized_once_off_the_loop_and_the_engine_reads_the_ids(tmp_path):
+    import threading
+
+    async def scenario():
+        broker = MemoryBroker()
+        agent = make_agent(broker, "a", tmp_path, moa={"layers": 0, "proposers": 0})
+        calls, threads, seen = [], set(), []
+        original = agent.engine.prompt_ids
+
+        def counting(messages):
+            calls.append(messages)
+            threads.add(threading.current_thread().name)
+            return original(messages)
+
+        agent.engine.prompt_ids = counting
+        submit = agent.worker.submit
+        agent.worker.submit = lambda job: (seen.append(job.request.prompt_ids), submit(job))[1]
+        await started(agent)
+        user = User(broker)
+        topic = user.ask("a", "once", prompt="how many times?")
+        await wait_for(lambda: user.finals(topic), what="answer")
+        assert len(calls) == 1 and all(name.startswith("tokenize") for name in threads)
+        assert seen == [tuple(original(calls[0]))]
+        await stopped(agent)
+
+    run(scenario())
