@@ -10,7 +10,7 @@ APT_PKGS  := mosquitto mosquitto-clients openssl iproute2 iptables systemd util-
 APT_CMDS  := mosquitto mosquitto_pub openssl ip iptables systemd-analyze unshare chromium chromedriver curl
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-export system-deps default-model test-models lint clean help
+.PHONY: demo test chaos install install-export system-deps default-model test-models lint clean help
 
 help:
 	@echo "make demo   - local broker + 4 agents with the default model, sample prompts answered"
@@ -66,6 +66,10 @@ test-models: default-model
 
 test: install-export system-deps test-models
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The chaos scenarios of tests/chaos, longer (minutes, thousands of prompts): one line each, then a JSON summary.
+chaos: install system-deps
+	$(BIN)/python tools/bench/chaos.py $(CHAOS_ARGS)
 
 lint: install
 	$(BIN)/ruff check edge_agent tests tools
