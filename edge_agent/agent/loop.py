@@ -32,6 +32,7 @@ from ..wire.messages import (
     Status,
     TaskAckMessage,
     TaskMessage,
+    Usage,
     UserRequest,
     best_effort_route,
     decode_internal,
@@ -329,6 +330,7 @@ class Agent:
                                                   f"{self.engine.context_length} tokens")
             if not self.admission.admits(self.admission.charge(generation, len(ids))):
                 raise Refusal(route, "queue_full", f"queue full ({self.admission.describe()}); try again later")
+            request = request.model_copy(update={"prompt_tokens": len(ids)})
             if not self.journal.accept(request):
                 raise Refusal(route, "invalid_request", f"request_id {request.request_id} was already accepted")
         except Refusal as refusal:
@@ -407,7 +409,7 @@ class Agent:
                                  now)
         else:
             actions = run.on_result(sender, msg.task_id, msg.text, msg.error, msg.inference_s, self._alive(),
-                                    self.rng, now)
+                                    self.rng, now, new_tokens=msg.new_tokens if msg.text is not None else None)
         self._execute(run, actions)
         return False
 
@@ -519,7 +521,7 @@ class Agent:
             request_id=request.request_id, device=self.device, response=finish.response or "",
             layers=request.layers, proposers=request.proposers,
             latency_s=round(max(0.0, time.time() - request.received_at), 4),
-            inferences=finish.inferences, trace=list(finish.trace),
+            inferences=finish.inferences, trace=list(finish.trace), usage=usage_of(request, finish),
         )
         self.counts["answered"] += 1
         self._latencies.append(answer.latency_s)
@@ -584,7 +586,7 @@ class Agent:
             run = self.runs.get(task.request_id)
             if run is not None:
                 self._execute(run, run.on_result(self.device, task.task_id, text, error, seconds, self._alive(),
-                                                 self.rng, time.monotonic()))
+                                                 self.rng, time.monotonic(), new_tokens=new_tokens))
             return
         result_msg = ResultMessage(sender=self.device, request_id=task.request_id, layer=task.layer,
                                    task_id=task.task_id, text=text, error=error,
@@ -709,6 +711,14 @@ class Agent:
                 getattr(self.metrics, method)(*args)
             except Exception:
                 log.exception("metrics %s failed", method)
+
+
+def usage_of(request: UserRequest, finish: Finish) -> Usage:
+    entries = [e for layer in finish.trace for e in layer.answered]
+    completion = (finish.trace[-1].answered[0].new_tokens or 0) if finish.trace and finish.trace[-1].answered else 0
+    prompt = request.prompt_tokens or 0
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                 generated_tokens=sum(e.new_tokens or 0 for e in entries))
 
 
 def route_of(request: UserRequest) -> ReplyRoute:

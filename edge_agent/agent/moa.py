@@ -92,6 +92,7 @@ class Slot:
     deadline: float | None = None
     answer: str | None = None
     inference_s: float | None = None
+    new_tokens: int | None = None
     moves: int = 0
 
 
@@ -151,7 +152,8 @@ class MoaRun:
         return self._move_or_fail(slot, alive, rng, now)
 
     def on_result(self, sender: str, task_id: str, text: str | None, error: ErrorBody | None, inference_s: float,
-                  alive: Sequence[str], rng: random.Random, now: float) -> list[Action]:
+                  alive: Sequence[str], rng: random.Random, now: float, *, new_tokens: int | None = None
+                  ) -> list[Action]:
         slot = self._current_slot(sender, task_id)
         if slot is None or slot.state in ("done", "failed") or self.finished:
             return []  # late, duplicate, or from someone else: the slot has moved on
@@ -160,7 +162,7 @@ class MoaRun:
                 return self._finish_error(error)
             self.dropped.append(TraceEntry(device=slot.device, outcome="error", detail=error.code))
             return self._move_or_fail(slot, alive, rng, now)
-        slot.state, slot.answer, slot.inference_s = "done", text or "", inference_s
+        slot.state, slot.answer, slot.inference_s, slot.new_tokens = "done", text or "", inference_s, new_tokens
         return self._advance_if_complete(alive, rng, now)
 
     def on_tick(self, alive: Sequence[str], rng: random.Random, now: float) -> list[Action]:
@@ -233,7 +235,8 @@ class MoaRun:
         answered = [s for s in self.slots if s.state == "done"]
         self.trace.append(LayerTrace(
             layer=self.layer, kind="aggregate" if self.aggregating else "propose",
-            answered=[TraceEntry(device=s.device, outcome="ok", inference_s=s.inference_s) for s in answered],
+            answered=[TraceEntry(device=s.device, outcome="ok", inference_s=s.inference_s, new_tokens=s.new_tokens)
+                      for s in answered],
             dropped=list(self.dropped),
             requested=1 if self.aggregating else self.request.proposers + 1,
         ))

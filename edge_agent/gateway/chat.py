@@ -153,7 +153,7 @@ def message_text(message: ChatMessage, index: int) -> str:
 
 
 def approx_tokens(text: str) -> int:
-    """About 4 characters per token for English (OpenAI's rule of thumb); the agent's answer has no counts."""
+    """About 4 characters per token for English (OpenAI's rule of thumb), for answers of agents without `usage`."""
     return max(1, math.ceil(len(text) / 4)) if text else 0
 
 

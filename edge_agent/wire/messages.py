@@ -65,6 +65,7 @@ class UserRequest(Frozen):
     received_at: float  # wall clock, for latency across restarts
     deadline_at: float | None = None  # wall clock; None in rows of older versions (then received_at + timeout)
     stream: bool = False
+    prompt_tokens: int | None = None  # counted at admission
 
 
 class ReplyRoute(Frozen):
@@ -180,6 +181,7 @@ class TraceEntry(Frozen):
     device: str
     outcome: Literal["ok", "busy", "ack_timeout", "result_timeout", "error", "unreachable"]
     inference_s: Seconds | None = None
+    new_tokens: Count | None = None
     detail: str | None = None
 
 
@@ -189,6 +191,15 @@ class LayerTrace(Frozen):
     answered: list[TraceEntry]
     dropped: list[TraceEntry] = []
     requested: int  # how many proposers this layer asked for ({self} + k)
+
+
+class Usage(Frozen):
+    """Token counts in OpenAI's terms, plus what the whole MoA run generated on every board."""
+
+    prompt_tokens: int  # the user's prompt, rendered by the origin's chat template
+    completion_tokens: int  # the answer (the final aggregation's new tokens)
+    total_tokens: int
+    generated_tokens: int  # new tokens of every inference of the run (all layers, all boards)
 
 
 class Answer(Frozen):
@@ -201,6 +212,7 @@ class Answer(Frozen):
     latency_s: float
     inferences: int
     trace: list[LayerTrace]
+    usage: Usage | None = None
 
 
 class ErrorBody(Frozen):

@@ -7,6 +7,7 @@ import json
 import sqlite3
 
 from edge_agent.agent.journal import Journal
+from edge_agent.engine import ChatMessage
 from edge_agent.engine.synthetic import SyntheticEngine
 from edge_agent.mqtt.memory import MemoryBroker
 from edge_agent.wire.messages import ResultMessage, Status, TaskAckMessage, UserRequest, encode
@@ -33,6 +34,11 @@ def test_mesh_answers_once_and_acknowledges_every_message(tmp_path):
         answer = user.finals(topics[0])[0]
         assert answer["type"] == "answer" and answer["inferences"] == 4
         assert {e["device"] for e in answer["trace"][0]["answered"]} == {"a", "b", "c"}
+        usage, entries = answer["usage"], [e for layer in answer["trace"] for e in layer["answered"]]
+        assert usage["completion_tokens"] == answer["trace"][-1]["answered"][0]["new_tokens"] > 0
+        assert usage["generated_tokens"] == sum(e["new_tokens"] for e in entries) > usage["completion_tokens"]
+        assert usage["prompt_tokens"] == agents[0].engine.count_prompt_tokens(
+            (ChatMessage("user", "Why is the sky blue?"),))
         for agent in agents:
             assert broker.unacked(f"edge-moa-agent-{agent.device}") == []
             assert len(agent.admission.ledger) == 0 and agent.admission.ledger.bytes == 0
