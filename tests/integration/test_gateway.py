@@ -54,6 +54,8 @@ def test_openai_client_gets_the_moa_answer(client, model, layers, proposers):
     assert moa["device"] == "agent1" and (moa["layers"], moa["proposers"]) == (layers, proposers)
     assert moa["inferences"] == inferences_per_prompt(layers, proposers) == len(
         [e for layer in moa["trace"] for e in layer["answered"]])
+    # the agent's own token counts, not an estimate: the answer is the final aggregation's new tokens
+    assert result.usage.completion_tokens == moa["trace"][-1]["answered"][0]["new_tokens"] <= 6
 
 
 def test_extra_body_fields_set_m_and_k(client):
