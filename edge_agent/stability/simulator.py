@@ -7,17 +7,26 @@ step is the aggregation at i. M = 0: i answers alone. Network delays are zero (t
 Since every queue is FCFS with one server and events are handled in time order, a task's start and end are known
 the moment it arrives (start = max(arrival, when the agent frees up)), so the heap holds only completions and
 every task costs one push and one pop. All statistics are computed afterwards with numpy from per-task arrays.
+
+With `max_batch` B > 1 an agent serves continuously, as engine/batch.py does: up to B tasks decode together, a
+task joins at once when a row is free (else it waits FCFS) and leaves when its work is done; with b in service each
+row progresses at 1 / slowdown(b) of its solo speed (the batch profile, engine/batch_profile.py). Ends then depend
+on later arrivals: each agent keeps its rows by the work they still need in its own "row time" (the work one row
+has received since the agent started), and the heap holds one next-completion event per agent, re-issued (the old
+one ignored by its version) whenever b changes. Prefill is served like decode (a per-task work, not modelled apart).
 """
 
 from __future__ import annotations
 
 import heapq
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..engine.batch_profile import BatchProfile
 from ..errors import ConfigError
 from .planner import inferences_per_prompt, per_agent_alphas, validate
 
@@ -44,6 +53,8 @@ class SimConfig:
     policy: str = "uniform"
     candidates: int | None = None  # d for least-loaded / speed-aware; default min(n-1, 2k)
     warmup: float = 0.1  # fraction of the arrival horizon left out of the statistics
+    max_batch: int = 1  # rows an agent decodes together (1: the paper's FCFS, one task at a time)
+    profile: BatchProfile | None = None  # slowdown(b) of a step with b rows; None: free batching (slowdown 1)
 
     def __post_init__(self) -> None:
         validate(agents=self.agents, layers=self.layers, proposers=self.proposers, rate=self.rate,
@@ -63,6 +74,8 @@ class SimConfig:
             problems.append(("--candidates", self.candidates, f"between k={self.proposers} and n-1={self.agents - 1}"))
         if not 0 <= self.warmup < 1:
             problems.append(("--warmup", self.warmup, "a fraction in [0, 1)"))
+        if self.max_batch < 1:
+            problems.append(("--max-batch", self.max_batch, "must be at least 1"))
         if problems:
             raise ConfigError(problems)
 
@@ -100,6 +113,7 @@ class SimRun:
     window: tuple[float, float]
     wall_s: float
     _sorted: dict = field(default_factory=dict, repr=False)
+    busy_s: np.ndarray | None = None  # batched runs: per agent, seconds inside the window with a task in service
 
     def agent_stats(self) -> list[AgentStats]:
         t0, t1 = self.window
@@ -112,7 +126,8 @@ class SimRun:
 
         in_system = integral(self.task_arrival, self.task_end)
         waiting = integral(self.task_arrival, self.task_start)
-        busy = integral(self.task_start, self.task_end)
+        # with batching, tasks in service overlap: the time an agent is busy is counted by the run itself
+        busy = integral(self.task_start, self.task_end) if self.busy_s is None else self.busy_s / span
         inside = (self.task_arrival >= t0) & (self.task_arrival < t1)
         rate = np.bincount(self.task_agent[inside], minlength=n) / span
         return [AgentStats(float(w), float(s), float(b), float(r))
@@ -152,6 +167,7 @@ class SimRun:
         return {
             "agents": cfg.agents, "layers": cfg.layers, "proposers": cfg.proposers, "rate": cfg.rate,
             "alphas": list(cfg.agent_alphas), "service": cfg.service, "policy": cfg.policy,
+            "max_batch": cfg.max_batch, "batch_profile": cfg.profile.source if cfg.profile else None,
             "candidates": cfg.d if cfg.policy != "uniform" else None,
             "prompts": int(self.prompt_arrival.size), "seed": cfg.seed,
             "inferences_per_prompt": inferences_per_prompt(cfg.layers, cfg.proposers),
@@ -244,6 +260,7 @@ def simulate(cfg: SimConfig, *, arrivals: np.ndarray | None = None, users: np.nd
     t_arr = [0.0] * tasks
     t_start = [0.0] * tasks
     t_end = [0.0] * tasks
+    task_prompt = [0] * tasks
     done = [0.0] * total
     layer = [0] * total
     remaining = [0] * total
@@ -276,14 +293,72 @@ def simulate(cfg: SimConfig, *, arrivals: np.ndarray | None = None, users: np.nd
         remaining[p] = len(targets)
         service = unit_l if lay == 1 else syn_l
         for a in targets:
-            f = free[a]
-            st = f if f > t else t  # noqa: FURB136 -- the hot loop; max() costs a call
-            end = st + service[tid] * alpha_l[a]
-            free[a] = end
             in_system[a] += 1
-            t_agent[tid], t_arr[tid], t_start[tid], t_end[tid] = a, t, st, end
-            push(heap, (end, tid, p, a))
+            t_agent[tid], t_arr[tid], task_prompt[tid] = a, t, p
+            if batched:
+                admit(a, tid, service[tid] * alpha_l[a], t)
+            else:
+                f = free[a]
+                st = f if f > t else t  # noqa: FURB136 -- the hot loop; max() costs a call
+                end = st + service[tid] * alpha_l[a]
+                free[a] = end
+                t_start[tid], t_end[tid] = st, end
+                push(heap, (end, tid, p, a))
             tid += 1
+
+    # -- continuous batching (max_batch > 1): per agent, rows by the row time at which they finish --
+    batched = cfg.max_batch > 1
+    rows_cap = cfg.max_batch
+    slow = [1.0] + [cfg.profile.slowdown(b) if cfg.profile else 1.0 for b in range(1, rows_cap + 1)]
+    row_time = [0.0] * n  # work each row of agent a has received
+    stamp = [0.0] * n  # when row_time[a] was last brought up to date
+    rows: list[list] = [[] for _ in range(n)]  # heaps of (row time at which the task ends, tid)
+    waiting_q: list[deque] = [deque() for _ in range(n)]
+    version = [0] * n
+    busy_since = [0.0] * n
+    busy_s = [0.0] * n
+    t0_w, t1_w = (window if window else (cfg.warmup * float(arrivals[-1]), float(arrivals[-1])))
+
+    def advance(a: int, t: float) -> None:
+        b = len(rows[a])
+        if b:
+            row_time[a] += (t - stamp[a]) / slow[b]
+        stamp[a] = t
+
+    def reschedule(a: int) -> None:
+        version[a] += 1
+        if rows[a]:
+            end = stamp[a] + (rows[a][0][0] - row_time[a]) * slow[len(rows[a])]
+            push(heap, (end, -1, version[a], a))
+
+    def enter(a: int, task: int, work: float, t: float) -> None:
+        if not rows[a]:
+            busy_since[a] = t
+        t_start[task] = t
+        push(rows[a], (row_time[a] + work, task))
+
+    def admit(a: int, task: int, work: float, t: float) -> None:
+        advance(a, t)
+        if len(rows[a]) < rows_cap:
+            enter(a, task, work, t)
+            reschedule(a)
+        else:
+            waiting_q[a].append((task, work))
+
+    def finish(a: int, t: float) -> int:
+        """The agent's next row ends at t: it leaves, the first waiting task joins."""
+        advance(a, t)
+        _, task = pop(rows[a])
+        t_end[task] = t
+        if waiting_q[a]:
+            nxt, work = waiting_q[a].popleft()
+            enter(a, nxt, work, t)
+        elif not rows[a]:
+            lo, hi = max(busy_since[a], t0_w), min(t, t1_w)
+            if hi > lo:
+                busy_s[a] += hi - lo
+        reschedule(a)
+        return task
 
     i = 0
     while i < total or heap:
@@ -291,7 +366,13 @@ def simulate(cfg: SimConfig, *, arrivals: np.ndarray | None = None, users: np.nd
             start_step(i, arrivals_l[i])
             i += 1
             continue
-        end, _, p, a = pop(heap)
+        if batched:
+            end, _, ver, a = pop(heap)
+            if ver != version[a]:
+                continue  # superseded: the agent's batch changed since
+            p = task_prompt[finish(a, end)]
+        else:
+            end, _, p, a = pop(heap)
         in_system[a] -= 1
         remaining[p] -= 1
         if remaining[p] == 0:
@@ -312,4 +393,5 @@ def simulate(cfg: SimConfig, *, arrivals: np.ndarray | None = None, users: np.nd
         prompt_done=np.asarray(done),
         window=window or (cfg.warmup * horizon, horizon),
         wall_s=time.perf_counter() - started,
+        busy_s=np.asarray(busy_s) if batched else None,
     )
