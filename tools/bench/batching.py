@@ -145,7 +145,7 @@ def worker_llamacpp(gguf: Path, model_dir: Path, threads: int, b: int, new_token
 def llamacpp_run(gguf: Path, model_dir: Path, threads: int, b: int, new_tokens: int) -> dict | None:
     command = [sys.executable, __file__, "--worker-llamacpp", str(gguf), str(model_dir), str(threads), str(b),
                str(new_tokens)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:
         print(f"llama.cpp b={b}: exit {done.returncode}: {done.stderr.strip()[-300:]}", file=sys.stderr)
         return None
