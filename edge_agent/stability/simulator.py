@@ -352,45 +352,50 @@ def simulate(cfg: SimConfig, *, arrivals: np.ndarray | None = None, users: np.nd
     busy_s = [0.0] * n
     t0_w, t1_w = (window if window else (cfg.warmup * float(arrivals[-1]), float(arrivals[-1])))
 
-    def advance(a: int, t: float) -> None:
-        b = len(rows[a])
-        if b:
-            row_time[a] += (t - stamp[a]) / slow[b]
-        stamp[a] = t
-
-    def reschedule(a: int) -> None:
-        version[a] += 1
-        if rows[a]:
-            end = stamp[a] + (rows[a][0][0] - row_time[a]) * slow[len(rows[a])]
-            push(heap, (end, -1, version[a], a))
-
-    def enter(a: int, task: int, work: float, t: float) -> None:
-        if not rows[a]:
-            busy_since[a] = t
-        t_start[task] = t
-        push(rows[a], (row_time[a] + work, task))
+    due = [0.0] * n  # when the agent's pending event fires (inf: none)
 
     def admit(a: int, task: int, work: float, t: float) -> None:
-        advance(a, t)
-        if len(rows[a]) < rows_cap:
-            enter(a, task, work, t)
-            reschedule(a)
-        else:
+        mine = rows[a]
+        b = len(mine)
+        if b >= rows_cap:
             waiting_q[a].append((task, work))
+            return
+        if b:
+            row_time[a] += (t - stamp[a]) / slow[b]
+        else:
+            busy_since[a] = t
+        stamp[a] = t
+        t_start[task] = t
+        push(mine, (row_time[a] + work, task))
+        end = t + (mine[0][0] - row_time[a]) * slow[b + 1]
+        # one more row only delays the others: a pending event that fires earlier stays (it re-checks then)
+        if b == 0 or end < due[a]:
+            version[a] += 1
+            due[a] = end
+            push(heap, (end, -1, version[a], a))
 
     def finish(a: int, t: float) -> int:
-        """The agent's next row ends at t: it leaves, the first waiting task joins."""
-        advance(a, t)
-        _, task = pop(rows[a])
-        t_end[task] = t
-        if waiting_q[a]:
-            nxt, work = waiting_q[a].popleft()
-            enter(a, nxt, work, t)
-        elif not rows[a]:
-            lo, hi = max(busy_since[a], t0_w), min(t, t1_w)
-            if hi > lo:
-                busy_s[a] += hi - lo
-        reschedule(a)
+        """The agent's event at t: its first row leaves if its work is done (else the event was early: re-issued);
+        -1 when no row left."""
+        mine = rows[a]
+        row_time[a] += (t - stamp[a]) / slow[len(mine)]
+        stamp[a] = t
+        task = -1
+        if (mine[0][0] - row_time[a]) * slow[len(mine)] <= 1e-9 * (1.0 + t):  # done, to within float error
+            _, task = pop(mine)
+            t_end[task] = t
+            if waiting_q[a]:
+                nxt, work = waiting_q[a].popleft()
+                t_start[nxt] = t
+                push(mine, (row_time[a] + work, nxt))
+            elif not mine:
+                lo, hi = max(busy_since[a], t0_w), min(t, t1_w)
+                if hi > lo:
+                    busy_s[a] += hi - lo
+        version[a] += 1
+        if mine:
+            due[a] = t + (mine[0][0] - row_time[a]) * slow[len(mine)]
+            push(heap, (due[a], -1, version[a], a))
         return task
 
     i = 0
@@ -403,7 +408,10 @@ def simulate(cfg: SimConfig, *, arrivals: np.ndarray | None = None, users: np.nd
             end, _, ver, a = pop(heap)
             if ver != version[a]:
                 continue  # superseded: the agent's batch changed since
-            p = task_prompt[finish(a, end)]
+            task = finish(a, end)
+            if task < 0:
+                continue  # fired early (rows joined since it was set): re-issued for the right time
+            p = task_prompt[task]
         else:
             end, _, p, a = pop(heap)
         if a >= 0:
