@@ -48,6 +48,12 @@ class Engine(Protocol):
         tokenized again."""
         ...
 
+    def row_charge_bytes(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """Bytes one task holds while it decodes (its KV slots, rounded up to the buffer's growth step, and its
+        logits): what the queue should charge it. A batch's rows are as long as its longest, so a short task
+        decoding beside a long one holds the long one's length: InferenceWorker.kv_bytes says what is held now."""
+        ...
+
     def generate(self, request: GenerationRequest) -> Generation:
         """Raises TooLargeError when prompt + max_new_tokens exceed the context, InferenceError otherwise."""
         ...

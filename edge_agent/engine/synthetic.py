@@ -18,6 +18,7 @@ from collections.abc import Callable
 from ..errors import InferenceError, TooLargeError
 from .base import ChatMessage, Generation, GenerationRequest
 from .batch_profile import BatchProfile
+from .kv_cache import round_capacity
 
 STEPS = 32  # decode steps of a request of mean service time
 
@@ -65,6 +66,10 @@ class SyntheticEngine:
     def prompt_ids(self, messages: tuple[ChatMessage, ...]) -> list[int]:
         """Stand-in token ids (one per word, plus the template's): only their number matters here."""
         return list(range(self.count_prompt_tokens(messages)))
+
+    def row_charge_bytes(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """As OnnxEngine's: the KV slots a row holds (in steps of 128), at kv_bytes_per_token."""
+        return round_capacity(prompt_tokens + max_new_tokens) * self.kv_bytes_per_token
 
     def _service_time(self) -> float:
         if self._distribution == "deterministic":
@@ -173,6 +178,14 @@ class SyntheticBatch:
     @property
     def decoding(self) -> int:
         return len(self._rows)
+
+    @property
+    def kv_bytes(self) -> int:
+        """What the rows would hold in a real engine: each as long as the longest (one shared buffer)."""
+        if not self._rows:
+            return 0
+        longest = max(row.prompt_tokens + row.request.max_new_tokens for row in self._rows)
+        return len(self._rows) * round_capacity(longest) * self._engine.kv_bytes_per_token
 
     def add(
         self, request: GenerationRequest, *, tag: object = None, on_delta: Callable[[str], None] | None = None

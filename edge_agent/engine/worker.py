@@ -45,6 +45,7 @@ class InferenceWorker:
         self._waiting = 0
         self._running = 0
         self._busy_since: float | None = None
+        self._batch = None  # the continuous batch, owned by the inference thread (read for kv_bytes only)
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
@@ -65,6 +66,12 @@ class InferenceWorker:
     def running(self) -> int:
         return self._running
 
+    @property
+    def kv_bytes(self) -> int:
+        """KV memory the running batch holds now (0 when idle or for engines without continuous batching)."""
+        batch = self._batch
+        return getattr(batch, "kv_bytes", 0) if batch is not None else 0
+
     def busy_for_s(self, now: float | None = None) -> float:
         """How long the current engine call has run (0 when idle): a hung engine shows here."""
         since = self._busy_since
@@ -84,7 +91,7 @@ class InferenceWorker:
             self._serve_static()
 
     def _serve_continuously(self) -> None:
-        batch = self.engine.open_batch(max_rows=self.max_batch)
+        batch = self._batch = self.engine.open_batch(max_rows=self.max_batch)
         stopping = False
         while not (stopping and not len(batch)):
             while not stopping and batch.free_rows > 0:

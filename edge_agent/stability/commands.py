@@ -39,6 +39,26 @@ def _mesh_arguments(p: argparse.ArgumentParser, *, alpha_required: bool = True) 
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _batch_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="tasks an agent decodes together, continuously (default 1, the paper's FCFS; with "
+                        "--batch-profile alone: the profile's best)")
+    p.add_argument("--batch-profile", type=Path, default=None, metavar="FILE",
+                   help="alpha(b) per decode step (tools/bench/batching.py --out); without it a batch of b "
+                        "costs what one task does")
+
+
+def _batching(args: argparse.Namespace):
+    """(max_batch, profile) from --max-batch and --batch-profile."""
+    from ..engine.batch_profile import BatchProfile
+
+    profile = BatchProfile.read(args.batch_profile) if args.batch_profile else None
+    max_batch = args.max_batch if args.max_batch is not None else (profile.best_rows(profile.rows) if profile else 1)
+    if max_batch < 1:
+        raise ConfigError([("--max-batch", max_batch, "must be at least 1")])
+    return max_batch, profile
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `plan`, `simulate` and `experiment` to the CLI."""
     p = subparsers.add_parser(
@@ -52,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--broker", type=_broker, metavar="HOST:PORT",
                    help="read the alphas the agents advertise in their status (instead of --alpha)")
     p.add_argument("--topic-root", default="moa/v1", help="topic root of the mesh read with --broker")
+    _batch_arguments(p)
     p.set_defaults(func=plan_command)
 
     s = subparsers.add_parser(
@@ -70,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="d random candidates the least-loaded/speed-aware policy chooses k from "
                         "(default min(n-1, 2k))")
     s.add_argument("--warmup", type=float, default=0.1, help="fraction of the horizon left out of the statistics")
+    _batch_arguments(s)
     s.set_defaults(func=simulate_command)
 
     e = subparsers.add_parser(
@@ -92,6 +114,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--candidates", "-d", type=int, default=3, help="speed-aware: peers drawn before keeping k")
     e.add_argument("--max-batch", type=int, default=1,
                    help="the agents' engine.max_batch (default 1: one task at a time, as Theorem 1 assumes)")
+    e.add_argument("--batch-profile", type=Path, default=None, metavar="FILE",
+                   help="alpha(b) per decode step (tools/bench/batching.py --out): the synthetic agents' step "
+                        "costs and the simulator's and planner's batching")
     e.add_argument("--model", default=None, help="onnx: catalogue name or model directory (default: the default)")
     e.add_argument("--max-new-tokens", type=int, default=16)
     e.add_argument("--threads", type=int, default=1, help="onnx: inference threads per agent")
@@ -127,8 +152,10 @@ def plan_command(args: argparse.Namespace) -> int:
         if args.alpha is None and args.broker is None:
             raise ConfigError([("--alpha", None, "give --alpha A (or A1,A2,...) or --broker HOST:PORT")])
         alphas = args.alpha if args.alpha is not None else _alphas_from_broker(args)
+        max_batch, profile = _batching(args)
         result = plan(agents=args.agents, layers=args.layers, proposers=args.proposers, rate=args.rate,
-                      alphas=alphas, speed_aware=args.policy == "speed-aware")
+                      alphas=alphas, speed_aware=args.policy == "speed-aware", max_batch=max_batch,
+                      profile=profile)
     except EdgeMoaError as exc:
         return _fail("plan", exc)
     if args.json:
@@ -165,6 +192,22 @@ def format_plan(p: Plan) -> str:
             (f"  largest stable rate    {sa.max_rate:.4g} prompts/s per user ({sa.max_rate / p.rate:.2f}x), "
              f"bound by {binding}"),
         ]
+    b = p.batch
+    if b is not None:
+        lines += [
+            (f"continuous batching, max_batch {b.max_batch} ({b.profile or 'free batching'}; a bound: the "
+             "saturated service rate)"),
+            (f"  tasks per alpha        {b.speedup:.2f}x with full batches (best b = {b.best_batch}: "
+             f"{b.best_speedup:.2f}x)"),
+            f"  utilisation            {b.utilization:.3f} (busiest agent)",
+            f"  stable                 {'yes' if b.stable else 'NO'}",
+            (f"  largest stable rate    {b.max_rate:.4g} prompts/s per user ({b.max_rate / p.max_rate:.2f}x "
+             "Theorem 1)"),
+        ]
+        if b.max_rate_speed_aware is not None:
+            lines.append(f"  with speed-aware peers {b.max_rate_speed_aware:.4g} prompts/s per user "
+                         f"({b.max_rate_speed_aware / p.max_rate:.2f}x Theorem 1), "
+                         f"{'stable' if b.stable_speed_aware else 'NOT stable'}")
     return "\n".join(lines)
 
 
@@ -179,11 +222,14 @@ def simulate_command(args: argparse.Namespace) -> int:
             if service != "empirical":
                 raise ConfigError([("--alpha", None, "required unless --service empirical:FILE")])
             alphas = (sum(samples) / len(samples),)
+        max_batch, profile = _batching(args)
         cfg = SimConfig(agents=args.agents, layers=args.layers, proposers=args.proposers, rate=args.rate,
                         alphas=alphas, prompts=args.prompts, seed=args.seed, service=service, samples=samples,
-                        policy=args.policy, candidates=args.candidates, warmup=args.warmup)
+                        policy=args.policy, candidates=args.candidates, warmup=args.warmup,
+                        max_batch=max_batch, profile=profile)
         predicted = plan(agents=cfg.agents, layers=cfg.layers, proposers=cfg.proposers, rate=cfg.rate,
-                         alphas=cfg.alphas, speed_aware=cfg.policy != "uniform")
+                         alphas=cfg.alphas, speed_aware=cfg.policy != "uniform", max_batch=max_batch,
+                         profile=profile)
     except EdgeMoaError as exc:
         return _fail("simulate", exc)
     summary = simulate(cfg).summary()
@@ -191,6 +237,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         "utilization": predicted.utilization, "stable": predicted.stable, "max_rate": predicted.max_rate,
         **({"max_rate_speed_aware": predicted.speed_aware.max_rate, "stable_speed_aware":
             predicted.speed_aware.stable} if predicted.speed_aware else {}),
+        **({"batch": predicted.to_json()["batch"]} if predicted.batch else {}),
     }
     if args.json:
         print(json.dumps(summary))
@@ -224,6 +271,11 @@ def format_simulation(s: dict) -> str:
         + (f"; speed-aware peers: {'stable' if pred['stable_speed_aware'] else 'UNSTABLE'}, max rate "
            f"{pred['max_rate_speed_aware']:.4g}/s" if "max_rate_speed_aware" in pred else ""),
     ]
+    if "batch" in pred:
+        b = pred["batch"]
+        lines.append(f"batching (max_batch {b['max_batch']}, bound): utilisation {b['utilization']:.3f}, "
+                     f"{'stable' if b['stable'] else 'UNSTABLE'}, max rate {b['max_rate']:.4g}/s"
+                     + (f", speed-aware {b['max_rate_speed_aware']:.4g}/s" if b["max_rate_speed_aware"] else ""))
     return "\n".join(lines)
 
 
@@ -260,6 +312,7 @@ def experiment_command(args: argparse.Namespace) -> int:
             threads=args.threads, warmup_s=args.warmup, drain_timeout_s=args.drain_timeout, seed=args.seed,
             sim_prompts=args.sim_prompts, progress=not args.no_progress, alphas=alphas, policies=policies,
             candidates=args.candidates, max_batch=args.max_batch,
+            batch_profile=str(args.batch_profile) if args.batch_profile else "",
         )
         # A background run (where SIGINT is ignored) stopped with SIGTERM still stops its mesh on the way out.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..engine.batch_profile import BatchProfile
 from ..errors import ConfigError
 from .planner import plan
 from .simulator import SimConfig, simulate
@@ -93,6 +94,8 @@ class RunSpec:
     alphas: tuple[float, ...] = ()  # synthetic service time per agent when they differ (then alpha_s = the max)
     policy: str = "uniform"  # the agents' moa.peer_policy
     candidates: int = 3  # the agents' moa.peer_candidates (speed-aware)
+    max_batch: int = 1  # the agents' engine.max_batch (continuous batching past 1)
+    batch_profile: str = ""  # alpha(b) per step (tools/bench/batching.py --out): the simulator's and the planner's
 
     @property
     def name(self) -> str:
@@ -241,8 +244,12 @@ def predict(spec: RunSpec, prompts: list[PromptRecord], *, steady_prompts: int =
     schedule = sorted((p.sent_at, index[p.device]) for p in prompts)
     arrivals = np.array([t for t, _ in schedule])
     users = np.array([u for _, u in schedule])
+    # with batching a task's measured seconds include its company's slowdown; the simulator adds that itself
+    # from the profile, so batched runs are best fed the solo alpha (synthetic: alpha_s) -- see docs/stability.md
+    profile = BatchProfile.read(spec.batch_profile) if spec.batch_profile else None
+    batching = {"max_batch": spec.max_batch, "profile": profile} if spec.max_batch > 1 else {}
     base = dict(agents=spec.agents, layers=spec.layers, proposers=spec.proposers, rate=spec.rate, alphas=alphas,
-                **service, **policy)
+                **service, **policy, **batching)
     times = np.linspace(0.0, spec.duration_s, 201)
     window = (spec.warmup_s, spec.duration_s)
     runs = [simulate(SimConfig(**base, seed=spec.seed + 1 + r), arrivals=arrivals, users=users, window=window)
@@ -262,8 +269,10 @@ def predict(spec: RunSpec, prompts: list[PromptRecord], *, steady_prompts: int =
         "trace_in_system": np.mean([r.queue_trace(times).mean(axis=0) for r in runs], axis=0).tolist(),
     }
     planned = plan(agents=spec.agents, layers=spec.layers, proposers=spec.proposers, rate=spec.rate,
-                   alphas=alphas, speed_aware=spec.policy != "uniform")
+                   alphas=alphas, speed_aware=spec.policy != "uniform", max_batch=spec.max_batch, profile=profile)
     stable = planned.speed_aware.stable if planned.speed_aware else planned.stable
+    if planned.batch is not None:
+        stable = planned.batch.stable_speed_aware if planned.speed_aware else planned.batch.stable
     steady_n = steady_prompts if stable else max(10, round(spec.agents * spec.rate * spec.duration_s))
     steady = simulate(SimConfig(**base, prompts=steady_n, seed=spec.seed + 1,
                                 warmup=min(spec.warmup_s / spec.duration_s, 0.5))).summary()

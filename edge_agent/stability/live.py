@@ -73,6 +73,7 @@ class ExperimentSettings:
     policies: tuple[str, ...] = ("uniform",)  # the agents' moa.peer_policy; each run is done once per policy
     candidates: int = 3  # the agents' moa.peer_candidates
     max_batch: int = 1  # the agents' engine.max_batch (1: no batching, the paper's queue)
+    batch_profile: str = ""  # alpha(b) per step: the synthetic agents' step costs, the simulator's and planner's
 
     def specs(self) -> list[RunSpec]:
         out = []
@@ -87,7 +88,8 @@ class ExperimentSettings:
                         agents=self.agents, layers=m, proposers=k, rate=rate, duration_s=self.duration_s,
                         alpha_s=max(alphas), engine=self.engine, seed=self.seed,
                         warmup_s=self.warmup_s if self.warmup_s is not None else 0.1 * self.duration_s,
-                        alphas=self.alphas, policy=policy, candidates=self.candidates))
+                        alphas=self.alphas, policy=policy, candidates=self.candidates,
+                        max_batch=self.max_batch, batch_profile=self.batch_profile))
         return out
 
 
@@ -99,6 +101,8 @@ def mesh_sections(s: ExperimentSettings) -> dict:
         engine = {"kind": "onnx", "threads": s.threads, **({"model": s.model} if s.model else {})}
     # One task at a time, as Theorem 1 and the simulator assume, unless batching is what is being measured.
     engine["max_batch"] = s.max_batch
+    if s.batch_profile and s.engine == "synthetic":
+        engine["synthetic_batch_profile"] = s.batch_profile
     horizon = 10 * s.duration_s + 600
     return {
         "engine": engine,

@@ -7,8 +7,12 @@ per second at every user, alpha_i the mean inference time of agent i. docs/stabi
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..engine.batch_profile import BatchProfile
 
 
 def inferences_per_prompt(layers: int, proposers: int) -> int:
@@ -87,6 +91,48 @@ class SpeedAwarePlan:
 
 
 @dataclass(frozen=True)
+class BatchPlan:
+    """The same bounds with continuous batching: agent i serves up to `b/(alpha_i slowdown(b))` tasks per second
+    with b rows, and a saturated agent runs full batches of `max_batch`, so its capacity is
+    `max_batch / (alpha_i * slowdown(max_batch))`. These are bounds (the saturated service rate), exact for the
+    stability of the birth-death chain (exponential work, closed_form.batched_in_system) and necessary for any
+    work-conserving server: below them the queues are bounded, above they grow."""
+
+    max_batch: int
+    speedup: float  # max_batch / slowdown(max_batch): tasks per alpha(1) with full batches
+    best_batch: int  # the measured b with the highest speedup
+    best_speedup: float
+    max_rate: float  # uniform peers: 1 / (max_i alpha_i slowdown(B) / B * ((k+1)M+1))
+    utilization: float  # busiest agent: load * alpha_i * slowdown(B) / B
+    stable: bool
+    max_rate_speed_aware: float | None = None  # the min-cut bound on the batched capacities
+    stable_speed_aware: bool | None = None
+    profile: str = ""
+
+
+def batched_alphas(alphas: tuple[float, ...], profile: BatchProfile, max_batch: int) -> tuple[float, ...]:
+    """Each agent's seconds per task when it runs full batches: alpha_i * slowdown(B) / B."""
+    return tuple(a / profile.speedup(max_batch) for a in alphas)
+
+
+def batch_plan(*, agents: int, layers: int, proposers: int, rate: float, alphas: tuple[float, ...],
+               profile: BatchProfile, max_batch: int, speed_aware: bool = False) -> BatchPlan:
+    alphas = per_agent_alphas(agents, tuple(float(a) for a in alphas))
+    effective = batched_alphas(alphas, profile, max_batch)
+    ipp = inferences_per_prompt(layers, proposers)
+    max_rate = uniform_max_rate(layers, proposers, effective)
+    util = ipp * rate * max(effective)
+    best = profile.best_rows(profile.rows)  # over the measured rows only
+    sa_rate = speed_aware_max_rate(agents, layers, proposers, effective)[0] if speed_aware else None
+    return BatchPlan(
+        max_batch=max_batch, speedup=profile.speedup(max_batch), best_batch=best, best_speedup=profile.speedup(best),
+        max_rate=max_rate, utilization=util, stable=util < 1.0,
+        max_rate_speed_aware=sa_rate, stable_speed_aware=(rate < sa_rate) if sa_rate is not None else None,
+        profile=profile.source,
+    )
+
+
+@dataclass(frozen=True)
 class Plan:
     agents: int
     layers: int
@@ -101,6 +147,7 @@ class Plan:
     max_rate: float  # largest stable lambda per user (uniform peers)
     margin: float  # 1 - utilization: the busiest agent's headroom
     speed_aware: SpeedAwarePlan | None = None
+    batch: BatchPlan | None = None  # with --max-batch B > 1 and a batch profile
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -113,13 +160,17 @@ class Plan:
             out["speed_aware"] = sa
             out["max_rate_speed_aware"] = sa["max_rate"]
             out["stable_speed_aware"] = sa["stable"]
+        if out["batch"] is None:
+            out.pop("batch")
         return out
 
 
 def plan(
-    *, agents: int, layers: int, proposers: int, rate: float, alphas: tuple[float, ...], speed_aware: bool = False
+    *, agents: int, layers: int, proposers: int, rate: float, alphas: tuple[float, ...], speed_aware: bool = False,
+    max_batch: int = 1, profile: BatchProfile | None = None,
 ) -> Plan:
-    """Theorem 1 for one configuration; with `speed_aware`, also the bound for load- and speed-aware peers."""
+    """Theorem 1 for one configuration; with `speed_aware`, also the bound for load- and speed-aware peers; with
+    `max_batch` > 1 and a batch profile, both again for continuous batching (BatchPlan)."""
     validate(agents=agents, layers=layers, proposers=proposers, rate=rate, alphas=alphas)
     alphas = per_agent_alphas(agents, tuple(float(a) for a in alphas))
     ipp = inferences_per_prompt(layers, proposers)
@@ -139,8 +190,15 @@ def plan(
             own_utilization=rate / own, mesh_utilization=rate / mesh,
             stable=rate < sa_rate, margin=1.0 - rate / sa_rate,
         )
+    batch = None
+    if max_batch > 1:
+        from ..engine.batch_profile import BatchProfile
+
+        batch = batch_plan(agents=agents, layers=layers, proposers=proposers, rate=rate, alphas=alphas,
+                           profile=profile or BatchProfile.linear(0.0, max_batch), max_batch=max_batch,
+                           speed_aware=speed_aware)
     return Plan(
         agents=agents, layers=layers, proposers=proposers, rate=rate, alphas=alphas,
         inferences_per_prompt=ipp, load_per_agent=load, utilizations=utils, utilization=util,
-        stable=util < 1.0, max_rate=max_rate, margin=1.0 - util, speed_aware=sa,
+        stable=util < 1.0, max_rate=max_rate, margin=1.0 - util, speed_aware=sa, batch=batch,
     )

@@ -156,3 +156,54 @@ def test_speed_aware_bound_is_the_max_flow_threshold(n, m, data):
     p = plan(agents=n, layers=m, proposers=k, rate=bound, alphas=tuple(alphas), speed_aware=True)
     assert p.max_rate <= bound * (1 + 1e-9)
     assert bound <= min(p.speed_aware.max_rate_own, p.speed_aware.max_rate_mesh) * (1 + 1e-9)
+
+
+def test_batching_scales_both_bounds_by_the_full_batch_speedup(tmp_path, capsys):
+    import json
+
+    from edge_agent.cli import main
+    from edge_agent.engine.batch_profile import BatchProfile
+    from edge_agent.stability.planner import plan, speed_aware_max_rate, uniform_max_rate
+
+    profile = BatchProfile((0.02, 0.025, 0.03, 0.036), "test")  # 4 rows: 4 / 1.8 = 2.22x the tasks per second
+    alphas = (1.0, 1.0, 2.0, 1.0)
+    p = plan(agents=4, layers=1, proposers=2, rate=0.1, alphas=alphas, speed_aware=True, max_batch=4,
+             profile=profile)
+    speedup = 4 / 1.8
+    assert p.batch.speedup == pytest.approx(speedup) and p.batch.best_batch == 4
+    assert p.batch.max_rate == pytest.approx(uniform_max_rate(1, 2, alphas) * speedup)
+    assert p.batch.max_rate == pytest.approx(speedup / (2.0 * 4))  # 1 / (alpha_max slowdown(B)/B (k+1)M+1)
+    sa = speed_aware_max_rate(4, 1, 2, tuple(a / speedup for a in alphas))[0]
+    assert p.batch.max_rate_speed_aware == pytest.approx(sa)
+    assert p.batch.utilization == pytest.approx(4 * 0.1 * 2.0 / speedup)
+    assert plan(agents=4, layers=1, proposers=2, rate=0.1, alphas=alphas).batch is None  # max_batch 1: Theorem 1
+
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"step_s": {"1": 0.02, "2": 0.025, "3": 0.03, "4": 0.036}}))
+    assert main(["plan", "-n", "4", "-M", "1", "-k", "2", "--rate", "0.1", "--alpha", "1,1,2,1",
+                 "--batch-profile", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["batch"]["max_batch"] == 4  # the profile's best when --max-batch is not given
+    assert out["batch"]["max_rate"] == pytest.approx(p.batch.max_rate)
+    assert main(["plan", "-n", "4", "-M", "1", "-k", "2", "--rate", "0.1", "--alpha", "1",
+                 "--max-batch", "2", "--batch-profile", str(path)]) == 0
+    assert "continuous batching, max_batch 2" in capsys.readouterr().out
+
+
+def test_the_simulator_stays_bounded_below_the_batched_bound_and_grows_above():
+    from edge_agent.engine.batch_profile import BatchProfile
+    from edge_agent.stability.planner import plan
+    from edge_agent.stability.simulator import SimConfig, simulate
+
+    profile = BatchProfile((1.0, 1.25, 1.5, 1.8), "test")
+    bound = plan(agents=4, layers=1, proposers=2, rate=0.01, alphas=(1.0,), max_batch=4, profile=profile).batch
+    assert bound.max_rate == pytest.approx((4 / 1.8) / 4)  # 2.22x Theorem 1's 0.25
+    below = simulate(SimConfig(agents=4, layers=1, proposers=2, rate=0.8 * bound.max_rate, alphas=(1.0,),
+                               prompts=40_000, max_batch=4, profile=profile, service="exponential")).summary()
+    above = simulate(SimConfig(agents=4, layers=1, proposers=2, rate=1.15 * bound.max_rate, alphas=(1.0,),
+                               prompts=40_000, max_batch=4, profile=profile, service="exponential")).summary()
+    span = below["window_s"][1] - below["window_s"][0]
+    assert below["queue_growth_per_s"] * span < 2 and below["mean_in_system"] < 20
+    assert above["queue_growth_per_s"] > 0.05 and above["mean_in_system"] > 5 * below["mean_in_system"]
+    # past Theorem 1's bound (2x here) yet bounded: what batching buys
+    assert 0.8 * bound.max_rate > 1.7 * 0.25

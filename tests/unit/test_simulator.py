@@ -168,3 +168,52 @@ def test_first_step_and_synthesis_steps_get_their_own_service_times():
     lat = run.prompt_done - run.prompt_arrival
     assert lat.min() == pytest.approx(4.0)
     assert set(np.round(run.task_end - run.task_start, 9)) == {1.0, 3.0}
+
+
+# Continuous batching (max_batch > 1) against the birth-death closed form for M = 0 and exponential work.
+BATCH_CASES = [
+    (2, {1: 1.0, 2: 2.0}, 0.6),  # batching gains nothing: M/M/1 in the number in system
+    (4, {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}, 2.4),  # free batching: M/M/4
+    (4, {1: 1.0, 2: 1.2, 3: 1.5, 4: 1.9}, 1.4),  # a measured-like profile, at 0.67 of its capacity 4/1.9
+]
+
+
+@pytest.mark.parametrize("max_batch,steps,rho", BATCH_CASES)
+def test_continuous_batching_matches_the_birth_death_chain(max_batch, steps, rho):
+    from edge_agent.engine.batch_profile import BatchProfile
+    from edge_agent.stability.closed_form import batched_in_system
+
+    alpha = 2.0
+    profile = BatchProfile(tuple(steps[b] for b in sorted(steps)), "test")
+    run = simulate(SimConfig(agents=2, layers=0, proposers=0, rate=rho / alpha, alphas=(alpha,), prompts=300_000,
+                             seed=5, service="exponential", max_batch=max_batch, profile=profile))
+    expected = batched_in_system(rho / alpha, alpha, max_batch, profile.slowdown)
+    out = run.summary()
+    assert out["mean_in_system"] == pytest.approx(expected, rel=0.05)
+    assert out["latency"]["mean"] == pytest.approx(expected / (rho / alpha), rel=0.05)  # Little's law
+    assert 0 < out["mean_utilization"] < 1
+
+
+def test_closed_form_special_cases():
+    from edge_agent.stability.closed_form import batched_in_system, mg1_waiting
+
+    rho = 0.7
+    assert batched_in_system(rho, 1.0, 1, lambda b: 1.0) == pytest.approx(mg1_waiting(rho, 1.0) + rho)
+    assert batched_in_system(rho, 1.0, 3, lambda b: b) == pytest.approx(rho / (1 - rho))
+    # M/M/2 with a = 1.4: L = a + P_wait * rho2 / (1 - rho2), rho2 = 0.7, P_wait (Erlang C) = a^2/2 / (1-rho2) / Z
+    a, c = 1.4, 2
+    z = 1 + a + a * a / 2 / (1 - a / c)
+    erlang_c = a * a / 2 / (1 - a / c) / z
+    assert batched_in_system(a, 1.0, c, lambda b: 1.0) == pytest.approx(a + erlang_c * (a / c) / (1 - a / c))
+
+
+def test_deterministic_batches_of_simultaneous_arrivals_end_together():
+    """Free batching, deterministic work: two tasks arriving together end together after one service time."""
+    from edge_agent.engine.batch_profile import BatchProfile
+
+    cfg = SimConfig(agents=1, layers=0, proposers=0, rate=0.1, alphas=(1.0,), max_batch=2,
+                    profile=BatchProfile((1.0, 1.5), "test"))
+    run = simulate(cfg, arrivals=np.array([0.0, 0.0, 0.5, 10.0]), users=np.array([0, 0, 0, 0]))
+    # two rows at 1.5x: both done at 1.5 s (each had 1 s of work); the third joins at 1.5 s and runs alone
+    assert run.task_end.tolist() == pytest.approx([1.5, 1.5, 2.5, 11.0])
+    assert run.task_start.tolist() == pytest.approx([0.0, 0.0, 1.5, 10.0])
