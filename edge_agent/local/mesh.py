@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..child_process import stop_child
 from ..config import parse_config
 from ..errors import TransportError
 from ..mqtt.broker_process import BrokerProcess, free_port, local_broker
@@ -113,13 +114,8 @@ class LocalMesh:
 
     def stop_agent(self, device: str) -> None:
         proc = self._procs.pop(device, None)
-        if proc and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        if proc:
+            stop_child(proc)
 
     def stop(self) -> None:
         for device in list(self._procs):
