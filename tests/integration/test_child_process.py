@@ -46,10 +46,10 @@ def test_children_get_sigterm_side_by_side_and_an_exited_one_is_left_alone():
 
 def test_a_group_goes_with_its_grandchildren():
     # The leader starts a stubborn grandchild in its own group, as `ip netns exec` does, and prints its pid.
-    leader = subprocess.Popen(
-        [sys.executable, "-c", f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {STUBBORN!r}],"
-         " stdout=subprocess.PIPE, text=True); p.stdout.readline(); print(p.pid, flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, start_new_session=True)
+    leader_code = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {STUBBORN!r}], "
+                   "stdout=subprocess.PIPE, text=True); p.stdout.readline(); print(p.pid, flush=True); time.sleep(60)")
+    leader = subprocess.Popen([sys.executable, "-c", leader_code], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
     grandchild = int(leader.stdout.readline())
     assert alive(grandchild)
     stop_group(leader.pid, grace_s=0.5)
