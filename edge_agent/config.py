@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .artifact.store import looks_like_path, resolve_model_dir
 from .errors import ConfigError
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -189,8 +189,6 @@ def check_resources(config: AgentConfig) -> list[tuple[str, object, str]]:
         except OSError as exc:
             problems.append((f"mqtt.{name}", str(path), f"cannot read: {exc.strerror}"))
     if config.engine.kind == "onnx":
-        from .artifact.store import resolve_model_dir
-
         try:
             resolve_model_dir(config.engine.model)
         except ConfigError as exc:
@@ -250,12 +248,8 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
         if getattr(config.mqtt, name) is not None
     }
     engine = config.engine
-    if _looks_like_path(engine.model) and not Path(engine.model).is_absolute():
+    if looks_like_path(engine.model) and not Path(engine.model).is_absolute():
         engine = engine.model_copy(update={"model": str(base_dir / engine.model)})
     return config.model_copy(
         update={"agent": agent, "mqtt": config.mqtt.model_copy(update=mqtt_updates), "engine": engine}
     )
-
-
-def _looks_like_path(model: str) -> bool:
-    return "/" in model or model.startswith(".") or bool(re.match(r"^~", model))

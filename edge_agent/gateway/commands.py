@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..host_port import parse_host_port
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,10 @@ def register(sub) -> None:
 
 
 def parse_listen(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError([("--listen", address, "must be HOST:PORT")])
-    return host.strip("[]") or "0.0.0.0", int(port)
+    try:
+        return parse_host_port(address, default_host="0.0.0.0", port_zero=True)
+    except ValueError as exc:
+        raise ConfigError([("--listen", address, str(exc))]) from None
 
 
 def read_api_key(path: Path | None) -> str | None:

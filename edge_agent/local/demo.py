@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+from ..child_process import stop_child
 from ..config import DEFAULT_MODEL
 
 SAMPLE_PROMPTS = [
@@ -79,8 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 pass
             finally:
                 if gateway is not None:
-                    gateway.terminate()
-                    gateway.wait(10)
+                    stop_child(gateway)
     return 0
 
 

@@ -12,6 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+import tomllib
+
+from ..child_process import stop_child
 from ..config import parse_config
 from ..errors import TransportError
 from ..mqtt.broker_process import BrokerProcess, free_port, local_broker
@@ -21,23 +25,10 @@ from ..mqtt.transport import BrokerSettings
 log = logging.getLogger(__name__)
 
 
-def render_agent_toml(sections: dict[str, dict[str, Any]]) -> str:
-    """A small TOML writer for flat sections of str / int / float / bool values (what agent.toml holds)."""
-    lines: list[str] = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        for key, value in values.items():
-            if value is None:
-                continue
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, (int, float)):
-                text = repr(value)
-            else:
-                text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-            lines.append(f"{key} = {text}")
-        lines.append("")
-    return "\n".join(lines)
+def _toml_ready(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What tomli-w can write: None means "leave the key out" (the default applies), a Path is its text."""
+    return {name: {key: str(value) if isinstance(value, Path) else value for key, value in values.items()
+                   if value is not None} for name, values in sections.items()}
 
 
 class LocalMesh:
@@ -89,8 +80,8 @@ class LocalMesh:
             sections["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": self.metrics_ports[device]}
         if self._home_assistant is not None:
             sections["home_assistant"] = {"enabled": True, **self._home_assistant}
-        text = render_agent_toml(sections)
-        parse_config(__import__("tomllib").loads(text))  # fail here, not in a child process
+        text = tomli_w.dumps(_toml_ready(sections))
+        parse_config(tomllib.loads(text))  # fail here, not in a child process
         path = self.config_path(device)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -113,13 +104,8 @@ class LocalMesh:
 
     def stop_agent(self, device: str) -> None:
         proc = self._procs.pop(device, None)
-        if proc and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        if proc:
+            stop_child(proc)
 
     def stop(self) -> None:
         for device in list(self._procs):

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..host_port import parse_host_port
 
 
 def add_broker_args(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +24,12 @@ def add_broker_args(parser: argparse.ArgumentParser) -> None:
 
 
 def broker_from_args(args: argparse.Namespace):
-    from .transport import BrokerSettings, parse_broker_address
+    from .transport import BrokerSettings
 
-    host, port = parse_broker_address(args.broker)
+    try:
+        host, port = parse_host_port(args.broker, default_port=1883)
+    except ValueError as exc:
+        raise ConfigError([("--broker", args.broker, f"{exc}; HOST alone means port 1883")]) from None
     password = None
     if args.password_file:
         try:

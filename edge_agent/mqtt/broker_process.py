@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..child_process import stop_child
 from ..errors import TransportError
 from ..resources import data_dir
 
@@ -79,13 +80,8 @@ class BrokerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self._proc and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
+        if self._proc:
+            stop_child(self._proc, grace_s=5.0)
         if getattr(self, "_log_file", None):
             self._log_file.close()
 

@@ -18,7 +18,7 @@ from ..errors import TransportError
 from .api import PublishedHandler, RawMessage, Will
 
 log = logging.getLogger(__name__)
-__all__ = ["BrokerSettings", "PahoTransport", "RawMessage", "Will", "parse_broker_address"]
+__all__ = ["BrokerSettings", "PahoTransport", "RawMessage", "Will"]
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,6 @@ class BrokerSettings:
     tls_key_file: str | None = None
     reconnect_max_s: float = 10.0
     session_expiry_s: int = 0  # > 0: persistent session (clean start off), kept this long while away
-
-
-def parse_broker_address(address: str) -> tuple[str, int]:
-    """`HOST:PORT` or `HOST` (port 1883) into a tuple; a clear error otherwise."""
-    host, _, port = address.rpartition(":") if ":" in address else (address, ":", "1883")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise TransportError(f"broker address {address!r} is not HOST:PORT")
-    return host, int(port)
 
 
 class PahoTransport:

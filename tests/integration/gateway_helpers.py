@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from edge_agent.child_process import stop_child
 from edge_agent.mqtt.broker_process import free_port
 from tests.integration.mesh_helpers import TestClient
 
@@ -49,13 +50,8 @@ class GatewayProcess:
         raise RuntimeError(f"gateway not answering within {timeout_s}s:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc:
+            stop_child(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""

@@ -16,6 +16,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_agent.child_process import stop_children
 from edge_agent.mqtt.broker_process import MosquittoProcess, free_port
 from edge_agent.provision import in_place_layout, parse_inventory, provision
 from edge_agent.provision.secret import PasswordStore
@@ -212,15 +213,7 @@ class AgentProcesses:
             )
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_children(self.procs.values())
 
     def logs(self) -> str:
         return "\n".join(f"--- agent {b}\n{p.read_text(errors='replace')[-3000:]}" for b, p in self.log_paths.items()

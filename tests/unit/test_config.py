@@ -49,3 +49,14 @@ def test_config_check_opens_credential_files_and_resolves_the_model(tmp_path):
     problems = {p[0]: p[2] for p in check_resources(config)}
     assert problems["mqtt.password_file"].startswith("cannot read")
     assert "not a built model directory" in problems["engine.model"]
+
+
+@pytest.mark.parametrize("model,expected", [
+    ("models/tiny", "{base}/models/tiny"),  # a path (artifact.store.looks_like_path): taken from the file's folder
+    ("./tiny", "{base}/tiny"),
+    ("/opt/models/tiny", "/opt/models/tiny"),
+    ("smollm2-135m-instruct", "smollm2-135m-instruct"),  # a catalogue name stays a name
+])
+def test_a_relative_model_path_is_taken_from_the_config_folder(tmp_path, model, expected):
+    config = parse_config({"agent": {"device_id": "a"}, "engine": {"model": model}}, base_dir=tmp_path)
+    assert config.engine.model == expected.format(base=tmp_path)

@@ -18,6 +18,7 @@ from edge_agent.provision.render import (
     render_mosquitto_dropin,
 )
 from edge_agent.provision.secret import PasswordStore, hash_password, passwd_lines, verify_password
+from tests.unit.provision_helpers import acl_rules
 
 
 def inventory(**mesh):
@@ -207,21 +208,6 @@ def test_in_place_layout_points_into_the_bundle(tmp_path):
     conf = render_mosquitto_conf(inv, choose_tree(inv), inv.board("b"), in_place_layout(tmp_path), password_of)
     assert f"password_file {tmp_path}/mosquitto/passwd" in conf
     assert f"persistence_location {tmp_path}/state/mosquitto/" in conf
-
-
-def acl_rules(text):
-    """{user: set of 'read|write topic'} from an ACL file."""
-    rules, user = {}, None
-    for line in text.splitlines():
-        if line.startswith("user "):
-            user = line.split()[1]
-            rules[user] = set()
-        elif line.startswith("topic "):
-            _, access, topic = line.split()
-            rules[user].add(f"{access} {topic}")
-        else:
-            assert not line.startswith("pattern"), line
-    return rules
 
 
 def test_acl_pins_each_agent_to_its_own_topics():

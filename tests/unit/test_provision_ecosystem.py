@@ -16,6 +16,7 @@ from edge_agent.provision.render import (
     render_install_sh,
     render_mosquitto_conf,
 )
+from tests.unit.provision_helpers import acl_rules
 
 
 def inventory(boards: dict | None = None, **mesh):
@@ -30,18 +31,6 @@ def inventory(boards: dict | None = None, **mesh):
         ],
         "users": [{"name": "ha", "devices": ["*"]}, {"name": "app", "devices": ["a"]}],
     })
-
-
-def acl_rules(text):
-    rules, user = {}, None
-    for line in text.splitlines():
-        if line.startswith("user "):
-            user = line.split()[1]
-            rules[user] = set()
-        elif line.startswith("topic "):
-            _, access, topic = line.split()
-            rules[user].add(f"{access} {topic}")
-    return rules
 
 
 def agent_config(inv, board):

@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+from edge_agent.child_process import stop_child
 from edge_agent.config import DEFAULT_MODEL
 from edge_agent.local.mesh import LocalMesh
 from edge_agent.mqtt.broker_process import free_port
@@ -82,8 +83,7 @@ class Gateway:
         return (first if first is not None else total), total, result
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        stop_child(self.proc)
         self.log.close()
 
 
