@@ -5,14 +5,15 @@ from __future__ import annotations
 
 def parse_host_port(text: str, *, default_port: int | None = None, default_host: str | None = None,
                     port_zero: bool = False) -> tuple[str, int]:
-    """`HOST:PORT` (or `[IPv6]:PORT`) into (host, port); a ValueError that says what is wrong otherwise.
+    """`HOST:PORT` (or `[IPv6]:PORT`) into (host, port); a ValueError that says what is wrong otherwise (callers
+    name the flag or key and the value, e.g. in a ConfigError).
 
     With `default_port`, `HOST` alone is accepted; with `default_host`, `:PORT` is; with `port_zero`, port 0
     (a listener's "any free port")."""
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket or rest[:1] not in ("", ":"):
-            raise ValueError(f"{text!r} is not [IPv6]:PORT")
+            raise ValueError("expected [IPv6]:PORT")
         port = rest[1:] if rest else None
     elif ":" in text:
         host, _, port = text.rpartition(":")
@@ -20,14 +21,14 @@ def parse_host_port(text: str, *, default_port: int | None = None, default_host:
         host, port = text, None
     if port is None:
         if default_port is None:
-            raise ValueError(f"{text!r} is not HOST:PORT (no port)")
+            raise ValueError("expected HOST:PORT (no port)")
         number = default_port
     elif port.isascii() and port.isdigit() and (0 if port_zero else 1) <= int(port) <= 65535:
         number = int(port)
     else:
-        raise ValueError(f"{text!r} is not HOST:PORT (port {port!r} not in {0 if port_zero else 1}-65535)")
+        raise ValueError(f"expected HOST:PORT (port {port!r} not in {0 if port_zero else 1}-65535)")
     if not host:
         if default_host is None:
-            raise ValueError(f"{text!r} is not HOST:PORT (no host)")
+            raise ValueError("expected HOST:PORT (no host)")
         host = default_host
     return host, number

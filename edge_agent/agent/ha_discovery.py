@@ -9,7 +9,6 @@ from typing import Any
 
 # Home Assistant's topics are its own namespace, outside our topic root, so they are built here, not in topics.py.
 DEFAULT_PREFIX = "homeassistant"
-HA_STATUS_TOPIC = f"{DEFAULT_PREFIX}/status"  # HA's birth ("online") and will ("offline"), not retained by default
 HA_ONLINE = b"online"
 SUPPORT_URL = "https://github.com/edge-moa/edge-moa/blob/main/docs/ecosystem.md"
 _OBJECT_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # HA: the <object_id> level is [a-zA-Z0-9_-]
@@ -30,6 +29,7 @@ def discovery_topic(device: str, prefix: str = DEFAULT_PREFIX) -> str:
 
 
 def ha_status_topic(prefix: str = DEFAULT_PREFIX) -> str:
+    """HA's birth ("online") and will ("offline") messages, not retained by default."""
     return f"{prefix}/status"
 
 

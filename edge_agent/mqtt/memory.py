@@ -35,9 +35,6 @@ class MemoryBroker:
         with self._lock:
             return list(self._unacked.get(client_id, {}).values())
 
-    def retained(self, topic: str) -> RawMessage | None:
-        return self._retained.get(topic)
-
     # -- used by MemoryTransport --
     def attach(self, client: MemoryTransport) -> list[RawMessage]:
         with self._lock:

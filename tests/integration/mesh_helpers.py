@@ -1,4 +1,5 @@
-"""Helpers for the mesh tests: a provisioned fleet of real brokers on loopback and a small paho test client."""
+"""Helpers for the mesh tests: a local mesh of the tiny model, a provisioned fleet of real brokers on loopback, and
+a small paho test client."""
 
 from __future__ import annotations
 
@@ -17,9 +18,16 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.child_process import stop_children
+from edge_agent.local.mesh import LocalMesh
 from edge_agent.mqtt.broker_process import MosquittoProcess, free_port
 from edge_agent.provision import in_place_layout, parse_inventory, provision
 from edge_agent.provision.secret import PasswordStore
+
+
+def tiny_mesh(n: int, model_dir: Path, **sections) -> LocalMesh:
+    """n agents of the tiny model (one thread, 8 new tokens each) on a topic root of their own; not started yet."""
+    return LocalMesh(n, engine={"model": str(model_dir), "threads": 1}, moa={"max_new_tokens": 8},
+                     topic_root=f"test/{uuid.uuid4().hex[:8]}", **sections)
 
 
 def cycle_inventory(tls: bool, ports: dict[str, int], root: str, host: str = "127.0.0.1", **mesh) -> dict:

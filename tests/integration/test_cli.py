@@ -3,11 +3,10 @@
 import json
 import subprocess
 import sys
-import uuid
 
 import pytest
 
-from edge_agent.local.mesh import LocalMesh
+from tests.integration.mesh_helpers import tiny_mesh
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +18,7 @@ def edge_moa(*args, timeout=120):
 
 @pytest.fixture(scope="module")
 def mesh(tiny_model_dir):
-    with LocalMesh(3, engine={"model": str(tiny_model_dir), "threads": 1}, moa={"max_new_tokens": 8},
-                   topic_root=f"test/{uuid.uuid4().hex[:8]}") as mesh:
+    with tiny_mesh(3, tiny_model_dir) as mesh:
         yield mesh
 
 

@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from edge_agent.child_process import alive
 from edge_agent.provision import fleet, parse_inventory
 from edge_agent.provision.fleet_cli import ask
 
@@ -50,7 +51,7 @@ def state(tmp_path_factory):
         fleet.down(directory)  # `up` itself cleans up when it fails half-way
         if state is not None:
             assert not {ns for ns in _namespaces() if ns.startswith(state.prefix)}
-            assert not [key for key, pid in state.pids.items() if fleet._alive(pid)]
+            assert not [key for key, pid in state.pids.items() if alive(pid)]
 
 
 @pytest.fixture(autouse=True)
@@ -274,7 +275,7 @@ def test_down_removes_everything_even_after_a_failed_up(tmp_path, monkeypatch):
     assert not {ns for ns in _namespaces() if ns.startswith(state.prefix)}
     assert not (tmp_path / "f" / fleet.STATE_FILE).exists()
     for pid in state.pids.values():
-        assert not fleet._alive(pid)
+        assert not alive(pid)
 
 
 def test_onnx_agents_answer_across_namespaces(tmp_path, tiny_model_dir):

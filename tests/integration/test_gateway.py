@@ -16,6 +16,7 @@ from edge_agent.agent.moa import inferences_per_prompt
 from edge_agent.local.mesh import LocalMesh
 from edge_agent.mqtt.broker_process import MosquittoProcess
 from tests.integration.gateway_helpers import FakeStreamingAgent, GatewayProcess, get_json
+from tests.integration.mesh_helpers import tiny_mesh
 
 pytestmark = pytest.mark.slow
 API_KEY = "test-key-" + uuid.uuid4().hex
@@ -24,8 +25,7 @@ API_KEY = "test-key-" + uuid.uuid4().hex
 @pytest.fixture(scope="module")
 def mesh(tiny_model_dir):
     with MosquittoProcess() as broker:
-        mesh = LocalMesh(3, engine={"model": str(tiny_model_dir), "threads": 1}, broker=broker,
-                         moa={"max_new_tokens": 8}, topic_root=f"test/{uuid.uuid4().hex[:8]}")
+        mesh = tiny_mesh(3, tiny_model_dir, broker=broker)
         with mesh:
             yield mesh
 

@@ -8,8 +8,8 @@ import uuid
 import pytest
 
 from edge_agent.agent.moa import inferences_per_prompt
-from edge_agent.local.mesh import LocalMesh
 from edge_agent.mqtt.broker_process import MosquittoProcess
+from tests.integration.mesh_helpers import tiny_mesh
 
 pytestmark = pytest.mark.slow
 
@@ -17,8 +17,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def onnx_mesh(tiny_model_dir):
     with MosquittoProcess() as broker:
-        mesh = LocalMesh(4, engine={"model": str(tiny_model_dir), "threads": 1}, broker=broker,
-                         moa={"max_new_tokens": 8}, topic_root=f"test/{uuid.uuid4().hex[:8]}")
+        mesh = tiny_mesh(4, tiny_model_dir, broker=broker)
         with mesh:
             yield mesh
 

@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from edge_agent.local.mesh import LocalMesh
+from tests.integration.mesh_helpers import tiny_mesh
 
 pytestmark = pytest.mark.slow
 
@@ -99,8 +100,7 @@ def test_agents_reconnect_after_their_broker_restarts(tiny_model_dir):
 
     broker = MosquittoProcess().start()
     try:
-        mesh = LocalMesh(3, engine={"model": str(tiny_model_dir), "threads": 1}, moa={"max_new_tokens": 8},
-                         broker=broker, topic_root=f"test/{uuid.uuid4().hex[:8]}")
+        mesh = tiny_mesh(3, tiny_model_dir, broker=broker)
         with mesh:
             broker.stop()
             time.sleep(1.0)

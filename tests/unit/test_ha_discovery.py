@@ -8,7 +8,6 @@ import pytest
 
 from edge_agent import __version__
 from edge_agent.agent.ha_discovery import (
-    HA_STATUS_TOPIC,
     REMOVAL_PAYLOAD,
     discovery_payload,
     discovery_topic,
@@ -42,7 +41,7 @@ def render(template: str, status_json: str) -> str:
 def test_topics():
     assert discovery_topic("agent1") == "homeassistant/device/edgemoa_agent1/config"
     assert discovery_topic("a-b_2", "ha/custom") == "ha/custom/device/edgemoa_a-b_2/config"
-    assert HA_STATUS_TOPIC == ha_status_topic() == "homeassistant/status"
+    assert ha_status_topic() == "homeassistant/status" and ha_status_topic("ha") == "ha/status"
     assert REMOVAL_PAYLOAD == b""
     # HA: <discovery_prefix>/<component>/[<node_id>/]<object_id>/config, ids of [a-zA-Z0-9_-]
     assert re.match(r"^homeassistant/device/[a-zA-Z0-9_-]+/config$", discovery_topic("agent1"))
