@@ -248,8 +248,9 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
         if getattr(config.mqtt, name) is not None
     }
     engine = config.engine
-    if looks_like_path(engine.model) and not Path(engine.model).is_absolute():
-        engine = engine.model_copy(update={"model": str(base_dir / engine.model)})
+    if looks_like_path(engine.model):
+        model = Path(engine.model).expanduser()  # `~/models/x` is the user's home, not the config folder's
+        engine = engine.model_copy(update={"model": str(model if model.is_absolute() else base_dir / model)})
     return config.model_copy(
         update={"agent": agent, "mqtt": config.mqtt.model_copy(update=mqtt_updates), "engine": engine}
     )

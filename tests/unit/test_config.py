@@ -60,3 +60,10 @@ def test_config_check_opens_credential_files_and_resolves_the_model(tmp_path):
 def test_a_relative_model_path_is_taken_from_the_config_folder(tmp_path, model, expected):
     config = parse_config({"agent": {"device_id": "a"}, "engine": {"model": model}}, base_dir=tmp_path)
     assert config.engine.model == expected.format(base=tmp_path)
+
+
+def test_a_home_relative_model_path_is_not_put_under_the_config_folder(tmp_path):
+    from pathlib import Path
+
+    config = parse_config({"agent": {"device_id": "a"}, "engine": {"model": "~/models/x"}}, base_dir=tmp_path)
+    assert config.engine.model == str(Path("~/models/x").expanduser())
