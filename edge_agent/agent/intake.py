@@ -33,3 +33,9 @@ def read_prompt(message: RawMessage, *, device: str, topics: Topics, moa: MoaSec
         temperature=moa.temperature if payload.temperature is None else payload.temperature, received_at=received_at,
         deadline_at=received_at + moa.request_timeout_s, stream=payload.stream,
     )
+
+
+def route_of(request: UserRequest) -> ReplyRoute:
+    """Where an accepted request's reply goes (fixed at intake, kept in the journal)."""
+    return ReplyRoute(topic=request.reply_topic, correlation_data=request.correlation_data,
+                      request_id=request.request_id)

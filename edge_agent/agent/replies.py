@@ -8,12 +8,21 @@ request id is answered from the store, on the repeat's own route.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from ..mqtt.api import Transport
 from ..wire.messages import Chunk, ErrorAnswer, ErrorBody, ReplyRoute, encode
 from .journal import Journal
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stream:
+    """A streamed final aggregation: where its chunks go and how many went."""
+
+    route: ReplyRoute
+    index: int = 0
 
 
 class Replies:
