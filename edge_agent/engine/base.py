@@ -48,7 +48,9 @@ class Engine(Protocol):
         decoding beside a long one holds the long one's length: InferenceWorker.kv_bytes says what is held now."""
         ...
 
-    def generate(self, request: GenerationRequest, on_delta: Callable[[str], None] | None = None) -> Generation:
+    def generate(
+        self, request: GenerationRequest, on_delta: Callable[[str], None] | None = None
+    ) -> Generation:
         """Raises TooLargeError when prompt + max_new_tokens exceed the context, InferenceError otherwise.
         Engines with `streams = True` call `on_delta(text)` on this thread with pieces that join to the text."""
         ...
