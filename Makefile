@@ -4,12 +4,13 @@ PYTHON    ?= python3
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
 # mosquitto for every test; openssl, iproute2, iptables, systemd (systemd-analyze) and util-linux (unshare)
-# for provisioning and the emulated fleet in network namespaces.
-APT_PKGS  := mosquitto mosquitto-clients openssl iproute2 iptables systemd util-linux
-APT_CMDS  := mosquitto mosquitto_pub openssl ip iptables systemd-analyze unshare
+# for provisioning and the emulated fleet in network namespaces; chromium and its driver for the mesh page's
+# browser test; curl for the gateway's.
+APT_PKGS  := mosquitto mosquitto-clients openssl iproute2 iptables systemd util-linux chromium chromium-driver curl
+APT_CMDS  := mosquitto mosquitto_pub openssl ip iptables systemd-analyze unshare chromium chromedriver curl
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-export system-deps default-model test-models lint clean help
+.PHONY: demo test chaos install install-export system-deps default-model test-models lint clean help
 
 help:
 	@echo "make demo   - local broker + 4 agents with the default model, sample prompts answered"
@@ -65,6 +66,10 @@ test-models: default-model
 
 test: install-export system-deps test-models
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The chaos scenarios of tests/chaos, longer (minutes, thousands of prompts): one line each, then a JSON summary.
+chaos: install system-deps
+	$(BIN)/python tools/bench/chaos.py $(CHAOS_ARGS)
 
 lint: install
 	$(BIN)/ruff check edge_agent tests tools

@@ -12,8 +12,13 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, EdgeMoaError
+from .mqtt.broker_args import add_broker_args, broker_from_args
 
 log = logging.getLogger("edge_agent")
+EX_CONFIG = 78  # sysexits.h: the agent's unit has RestartPreventExitStatus=78
+EPILOG = ("exit status: 0 success; 1 the command failed (the message says why and what to do); 2 usage error; "
+          "130 interrupted; `edge-moa agent` exits 78 when it refuses its configuration or model (systemd does not "
+          "restart it)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,13 +41,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-moa", description="Distributed Mixture-of-Agents on edge boards.")
+    parser = argparse.ArgumentParser(prog="edge-moa", description="Distributed Mixture-of-Agents on edge boards.",
+                                     epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"edge-moa {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for payloads)")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     agent = sub.add_parser("agent", help="run this board's agent daemon")
     agent.add_argument("--config", required=True, type=Path, help="agent.toml")
+    agent.add_argument("--decommission", action="store_true",
+                       help="remove this agent from the mesh's view (its retained status and Home Assistant "
+                            "device) and exit")
     agent.set_defaults(func=cmd_agent)
 
     config = sub.add_parser("config", help="configuration tools")
@@ -71,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", type=float, default=1.5, help="seconds to collect retained statuses")
     status.set_defaults(func=cmd_status)
 
-    from . import demo
+    from .gateway import commands as gateway
+    from .local import demo
 
     demo.register(sub)
+    gateway.register(sub)
     _register_features(sub)
     return parser
 
@@ -82,33 +93,12 @@ def _register_features(sub) -> None:
     """The commands of the model, stability and provisioning parts (each module's `register(subparsers)`)."""
     import importlib
 
-    for name in ("edge_agent.model.commands", "edge_agent.stability.commands", "edge_agent.provision.commands"):
+    for name in ("edge_agent.model.commands", "edge_agent.stability.commands", "edge_agent.provision.commands",
+                 "edge_agent.eval.commands"):
         try:
             importlib.import_module(name).register(sub)
         except Exception as exc:  # noqa: BLE001  # a broken optional command must not stop the agent daemon
             print(f"warning: commands of {name} unavailable: {exc}", file=sys.stderr)
-
-
-def add_broker_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", default=os.environ.get("EDGE_MOA_BROKER", "127.0.0.1:1883"),
-                        help="HOST:PORT of a broker in the mesh (env EDGE_MOA_BROKER)")
-    parser.add_argument("--topic-root", default="moa/v1")
-    parser.add_argument("--mqtt-protocol", choices=["v5", "v311"], default="v5")
-    parser.add_argument("--username")
-    parser.add_argument("--password-file", type=Path)
-    parser.add_argument("--tls-ca-file", help="CA certificate (turns TLS on)")
-    parser.add_argument("--tls-cert-file", help="client certificate, for mutual TLS")
-    parser.add_argument("--tls-key-file", help="client key, for mutual TLS")
-
-
-def broker_from_args(args: argparse.Namespace):
-    from .transport import BrokerSettings, parse_broker_address
-
-    host, port = parse_broker_address(args.broker)
-    password = args.password_file.read_text().strip() if args.password_file else None
-    return BrokerSettings(host=host, port=port, protocol=args.mqtt_protocol, username=args.username,
-                          password=password, tls_ca_file=args.tls_ca_file, tls_cert_file=args.tls_cert_file,
-                          tls_key_file=args.tls_key_file)
 
 
 def setup_logging(verbosity: int) -> None:
@@ -123,17 +113,29 @@ def setup_logging(verbosity: int) -> None:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .node import run_agent
+    from .node import decommission, run_agent
 
-    run_agent(load_config(args.config))
+    try:
+        config = load_config(args.config)
+        if args.decommission:
+            for topic in decommission(config):
+                print(f"removed retained {topic}")
+            return 0
+        run_agent(config)
+    except ConfigError as exc:  # a refused configuration or model: tell systemd not to restart (errors.py)
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_CONFIG
     return 0
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import check_resources, load_config
 
     try:
         config = load_config(args.file)
+        problems = check_resources(config)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         for path, value, message in exc.problems:
             print(f"{args.file}: {path} = {value!r}: {message}", file=sys.stderr)
@@ -144,7 +146,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from .client import MoaClient
+    from .mqtt.client import MoaClient
 
     with MoaClient(broker_from_args(args), topic_root=args.topic_root) as client:
         answer = client.ask(args.device, args.prompt, timeout_s=args.timeout, layers=args.layers,
@@ -161,7 +163,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .client import MoaClient
+    from .mqtt.client import MoaClient
     from .status_view import render_table
 
     with MoaClient(broker_from_args(args), topic_root=args.topic_root) as client:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .artifact.store import looks_like_path, resolve_model_dir
 from .errors import ConfigError
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -36,6 +36,9 @@ class AgentSection(Section):
     state_dir: Path = Field(Path("./state"), description="Where the journal (sqlite) lives.")
     heartbeat_s: float = Field(2.0, gt=0, description="Seconds between retained status messages.")
     peer_timeout_s: float = Field(10.0, gt=0, description="A peer not heard from for this long is not alive.")
+    answers_retention_s: float = Field(3600.0, ge=0, description="How long a finished answer is kept, so a "
+                                                                 "repeated request id gets it again.")
+    answers_kept: int = Field(10000, ge=0, description="At most this many finished answers are kept.")
 
 
 class MqttSection(Section):
@@ -103,6 +106,8 @@ class EngineSection(Section):
     max_batch: int = Field(1, ge=1, le=16, description="Up to this many tasks decode together; a task joins "
                                                         "the running batch at its next step (1 = off: the "
                                                         "paper's FCFS).")
+    hang_timeout_s: float = Field(300.0, gt=0, description="An inference running longer than this means the engine "
+                                                            "hangs: the status says unhealthy, new work is refused.")
     huge_pages: bool = Field(True, description="Put the model's weights on transparent huge pages (Linux): "
                                                "20-30 % faster decode for 10 MB of memory.")
     synthetic_service_s: float = Field(1.0, gt=0, description="synthetic: mean service time in seconds.")
@@ -114,6 +119,19 @@ class EngineSection(Section):
                                                          "batching.py --out) to take step costs from instead.")
 
 
+class MetricsSection(Section):
+    enabled: bool = Field(False, description="Serve Prometheus metrics (edgemoa_*, docs/ecosystem.md).")
+    host: str = Field("127.0.0.1", min_length=1, description="Listen address of the /metrics endpoint "
+                                                             "(0.0.0.0 to let a Prometheus elsewhere scrape it).")
+    port: int = Field(9464, ge=0, le=65535, description="Port of the /metrics endpoint (0 = any free port).")
+
+
+class HomeAssistantSection(Section):
+    enabled: bool = Field(False, description="Publish a Home Assistant MQTT discovery config (retained).")
+    prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+                        description="Home Assistant's discovery prefix (its MQTT integration setting).")
+
+
 class AgentConfig(Section):
     agent: AgentSection
     mqtt: MqttSection = MqttSection()
@@ -121,12 +139,61 @@ class AgentConfig(Section):
     limits: LimitsSection = LimitsSection()
     queue: QueueSection = QueueSection()
     engine: EngineSection = EngineSection()
+    metrics: MetricsSection = MetricsSection()
+    home_assistant: HomeAssistantSection = HomeAssistantSection()
 
 
 def parse_config(data: dict, base_dir: Path | None = None) -> AgentConfig:
     """Validate a config mapping; relative paths are taken relative to `base_dir` (the file's folder)."""
     config = validate_toml_model(AgentConfig, data)
+    problems = cross_field_problems(config)
+    if problems:
+        raise ConfigError(problems)
     return _resolve_paths(config, base_dir) if base_dir else config
+
+
+def cross_field_problems(config: AgentConfig) -> list[tuple[str, object, str]]:
+    """Fields that are each valid but do not fit together, as (key path, value, message)."""
+    problems = []
+    mqtt, agent, moa = config.mqtt, config.agent, config.moa
+    if mqtt.password_file is not None and not mqtt.username:
+        problems.append(("mqtt.password_file", str(mqtt.password_file), "set, but mqtt.username is not"))
+    if (mqtt.tls_cert_file is None) != (mqtt.tls_key_file is None):
+        which = "tls_cert_file" if mqtt.tls_cert_file is not None else "tls_key_file"
+        problems.append((f"mqtt.{which}", str(getattr(mqtt, which)),
+                         "mutual TLS needs both mqtt.tls_cert_file and mqtt.tls_key_file"))
+    if mqtt.tls_cert_file is not None and mqtt.tls_ca_file is None:
+        # without a CA the client would not turn TLS on: a client certificate must never mean plaintext
+        problems.append(("mqtt.tls_cert_file", str(mqtt.tls_cert_file),
+                         "set, but mqtt.tls_ca_file is not: TLS needs the CA (without it the link is plaintext)"))
+    if agent.peer_timeout_s < 2 * agent.heartbeat_s:
+        problems.append(("agent.peer_timeout_s", agent.peer_timeout_s,
+                         (f"must be at least twice agent.heartbeat_s ({agent.heartbeat_s}), or live peers look "
+                          "gone between their statuses")))
+    if moa.ack_timeout_s >= moa.request_timeout_s:
+        problems.append(("moa.ack_timeout_s", moa.ack_timeout_s,
+                         f"must be shorter than moa.request_timeout_s ({moa.request_timeout_s})"))
+    return problems
+
+
+def check_resources(config: AgentConfig) -> list[tuple[str, object, str]]:
+    """What `config check` adds to validation: the credential files open, and the model resolves."""
+    problems = []
+    for name in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
+        path = getattr(config.mqtt, name)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            problems.append((f"mqtt.{name}", str(path), f"cannot read: {exc.strerror}"))
+    if config.engine.kind == "onnx":
+        try:
+            resolve_model_dir(config.engine.model)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    return problems
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -181,12 +248,8 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
         if getattr(config.mqtt, name) is not None
     }
     engine = config.engine
-    if _looks_like_path(engine.model) and not Path(engine.model).is_absolute():
+    if looks_like_path(engine.model) and not Path(engine.model).is_absolute():
         engine = engine.model_copy(update={"model": str(base_dir / engine.model)})
     return config.model_copy(
         update={"agent": agent, "mqtt": config.mqtt.model_copy(update=mqtt_updates), "engine": engine}
     )
-
-
-def _looks_like_path(model: str) -> bool:
-    return "/" in model or model.startswith(".") or bool(re.match(r"^~", model))

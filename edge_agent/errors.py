@@ -1,14 +1,19 @@
 """The project's exception tree; third-party exceptions are mapped to these at each boundary.
 
     EdgeMoaError
-    ├── ConfigError         bad configuration: carries the key path and the value
+    ├── ConfigError         bad configuration or arguments: carries (key path, value, message) per problem
     ├── ProtocolError       bad bytes from the network: carries the error code for the reply
     ├── TransportError      the broker could not be reached or refused us
-    ├── QueueFullError      admission refused: the memory-aware cap is reached
-    ├── InferenceError      the engine failed
+    ├── Refusal             a prompt not accepted (queue_full, too_large, unavailable, ...): carries its route
+    ├── InferenceError      the engine failed on a request
     │   ├── TooLargeError   prompt plus generation budget exceed the model's context
     │   └── IncompatibleModelError  the built model cannot run exactly here: rebuild it (exit 78, not restarted)
-    └── PeerTimeoutError    a peer (or the whole request) missed its deadline
+    ├── ModelBuildError     a model could not be fetched, converted, exported or verified
+    └── PeerTimeoutError    an answer (or a peer's) did not come by its deadline
+
+Commands exit 0 on success, 1 when they fail with one of these (the message says what to do), 2 on a usage error
+(argparse), 130 when interrupted; the agent daemon exits 78 (EX_CONFIG) on a configuration or model it refuses,
+which its systemd unit does not restart (RestartPreventExitStatus).
 """
 
 from __future__ import annotations
@@ -43,8 +48,12 @@ class TransportError(EdgeMoaError):
         self.retryable = retryable  # False when the broker refused us (credentials, ACL): retrying cannot help
 
 
-class QueueFullError(EdgeMoaError):
-    code = "queue_full"
+class Refusal(EdgeMoaError):
+    """A prompt refused once its reply route is known: the error goes there (docs/protocol.md, Error)."""
+
+    def __init__(self, route, code: str, message: str):
+        super().__init__(message)
+        self.route, self.code, self.message = route, code, message
 
 
 class InferenceError(EdgeMoaError):
@@ -62,6 +71,10 @@ class IncompatibleModelError(InferenceError):
 
     code = "incompatible_model"
     exit_code = 78
+
+
+class ModelBuildError(EdgeMoaError):
+    code = "model_build_failed"
 
 
 class PeerTimeoutError(EdgeMoaError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .protocol import Status
+from .wire.messages import Status
 
 MB = 1024 * 1024
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from edge_agent.mosquitto import MosquittoProcess
+from edge_agent.mqtt.broker_process import MosquittoProcess
 
 pytest_plugins = ["tests.model_fixtures"]
 

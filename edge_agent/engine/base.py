@@ -20,6 +20,8 @@ class GenerationRequest:
     temperature: float = 0.7  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
+    # the rendered prompt's token ids when the caller already has them (the agent tokenizes once, for admission)
+    prompt_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,11 @@ class Engine(Protocol):
 
     def count_prompt_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
         """Tokens of the rendered chat prompt (template included)."""
+        ...
+
+    def prompt_ids(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+        """The rendered chat prompt's token ids; passed back in `GenerationRequest.prompt_ids`, they are not
+        tokenized again."""
         ...
 
     def row_charge_bytes(self, prompt_tokens: int, max_new_tokens: int) -> int:

@@ -159,7 +159,7 @@ class OnnxEngine:
         self, request: GenerationRequest, stop_at_eos: bool, on_delta: Callable[[str], None] | None = None
     ) -> Generation:
         started = time.perf_counter()
-        prompt_ids = self._prompt_ids(request.messages)
+        prompt_ids = self._request_ids(request)
         self._check(prompt_ids, request.max_new_tokens)
         stream = TextStream(self.decode, self._stop_strings, on_delta) if on_delta is not None else None
         seq = self._sequence(request, prompt_ids, stream=stream, stop_at_eos=stop_at_eos)
@@ -287,6 +287,13 @@ class OnnxEngine:
 
     # -- inside ----------------------------------------------------------------------------------------------
 
+    def prompt_ids(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+        """The rendered chat prompt's token ids (template included): what admission counts and generation reads."""
+        return self._prompt_ids(messages)
+
+    def _request_ids(self, request: GenerationRequest) -> list[int]:
+        return list(request.prompt_ids) if request.prompt_ids is not None else self._prompt_ids(request.messages)
+
     def _prompt_ids(self, messages: tuple[ChatMessage, ...]) -> list[int]:
         try:
             return self.encode(self.render_prompt(messages))
@@ -394,7 +401,7 @@ class OnnxBatch:
     ):
         """Join the batch at the next step; raises TooLargeError / InferenceError for this request alone."""
         engine = self._engine
-        prompt_ids = engine._prompt_ids(request.messages)
+        prompt_ids = engine._request_ids(request)
         engine._check(prompt_ids, request.max_new_tokens)
         stream = TextStream(engine.decode, engine._stop_strings, on_delta) if on_delta is not None else None
         seq = engine._sequence(request, prompt_ids, stream=stream, stop_at_eos=self._stop_at_eos)

@@ -63,6 +63,10 @@ class SyntheticEngine:
     def count_prompt_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
         return sum(len(m.content.split()) + 4 for m in messages)
 
+    def prompt_ids(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+        """Stand-in token ids (one per word, plus the template's): only their number matters here."""
+        return list(range(self.count_prompt_tokens(messages)))
+
     def row_charge_bytes(self, prompt_tokens: int, max_new_tokens: int) -> int:
         """As OnnxEngine's: the KV slots a row holds (in steps of 128), at kv_bytes_per_token."""
         return round_capacity(prompt_tokens + max_new_tokens) * self.kv_bytes_per_token
@@ -78,7 +82,8 @@ class SyntheticEngine:
         return self._service_s * (1.0 + self.batch_cost * (b - 1))
 
     def _check(self, request: GenerationRequest) -> int:
-        prompt_tokens = self.count_prompt_tokens(request.messages)
+        prompt_tokens = (len(request.prompt_ids) if request.prompt_ids is not None
+                         else self.count_prompt_tokens(request.messages))
         if prompt_tokens + request.max_new_tokens > self.context_length:
             raise TooLargeError(
                 f"prompt ({prompt_tokens} tokens) + max_new_tokens ({request.max_new_tokens}) "

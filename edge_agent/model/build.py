@@ -28,7 +28,7 @@ from ..artifact.manifest import (
 )
 from ..artifact.store import model_dir_for
 from ..artifact.verify import sha256_file
-from ..errors import IncompatibleModelError, InferenceError
+from ..errors import IncompatibleModelError, InferenceError, ModelBuildError
 from .catalogue import CatalogueEntry, load_catalogue
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def resolve_source(spec: str, *, name: str | None = None) -> BuildSource:
     if path.is_dir() and (path / "config.json").is_file():
         return BuildSource(name=name or path.name.lower(), entry=None, path=path)
     known = ", ".join(sorted(catalogue)) or "(no catalogue found)"
-    raise InferenceError(
+    raise ModelBuildError(
         f"{spec!r} is neither a catalogue model ({known}), a .gguf file nor a checkpoint "
         "directory with a config.json"
     )
@@ -192,7 +192,7 @@ def _exact_weights(exported: Path, gguf: Path, spare: Path, *, portable: bool) -
     portable_count = apply_exact_weights(spare, gguf, portable=True, **heads)  # the reference, exact anywhere
     try:
         _check_tuned(exported, spare, decoder, _vocab_size(exported, genai))
-    except InferenceError as exc:
+    except (InferenceError, ModelBuildError) as exc:
         log.warning("%s: building the portable form instead", exc)
         shutil.rmtree(exported)
         spare.rename(exported)
@@ -357,6 +357,6 @@ def verify_model(model_dir: Path, *, load: bool = True) -> list[str]:
                 )
             )
             engine.close()
-        except InferenceError as exc:
+        except (InferenceError, ModelBuildError) as exc:
             problems.append(f"does not run: {exc}")
     return problems

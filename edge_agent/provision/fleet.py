@@ -25,6 +25,7 @@ from pathlib import Path
 
 import tomllib
 
+from ..child_process import alive, stop_group
 from ..errors import EdgeMoaError
 from .bundle import provision
 from .inventory import Inventory
@@ -234,50 +235,8 @@ def stop_process(state: FleetState, key: str, timeout_s: float = 10.0) -> None:
     """Terminate then kill one of the fleet's processes (`mosquitto:<board>`, `agent:<board>`, `proxy:<i>`)."""
     pid = state.pids.pop(key, None)
     if pid is not None:
-        _terminate(pid, timeout_s)
+        stop_group(pid, timeout_s)
     state.save()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _terminate(pid: int, timeout_s: float) -> None:
-    """Signal the process group we started (start_new_session) so `ip netns exec`'s child goes too."""
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            _reap(pid)
-            if not _alive(pid) and not _group_alive(pid):
-                return
-            time.sleep(0.05)
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
 
 
 def _wait_listening(state: FleetState, board: str, port: int, timeout_s: float) -> None:
@@ -299,7 +258,7 @@ def down(directory: Path) -> None:
         return
     for key in sorted(state.pids, key=lambda k: not k.startswith("agent")):  # agents first, brokers last
         try:
-            _terminate(state.pids[key], 10.0)
+            stop_group(state.pids[key])
         except OSError as exc:
             log.warning("cannot stop %s: %s", key, exc)
     state.pids.clear()
@@ -419,8 +378,8 @@ def status(state: FleetState) -> dict:
         boards[board] = {
             "namespace": state.ns(board) if state.ns(board) in existing else None,
             "address": f"{state.address(board)}:{state.ports[board]}",
-            "mosquitto": _alive(state.pids.get(f"mosquitto:{board}", -1)),
-            "agent": _alive(state.pids.get(f"agent:{board}", -1)),
+            "mosquitto": alive(state.pids.get(f"mosquitto:{board}", -1)),
+            "agent": alive(state.pids.get(f"agent:{board}", -1)),
         }
     links = [{"between": [l.a, l.b], "bridge": f"{l.child} -> {l.parent}" if l.child else None, "cut": l.cut,
               "delay_ms": l.delay_ms, "loss": l.loss} for l in state.links]

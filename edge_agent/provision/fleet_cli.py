@@ -131,8 +131,8 @@ def ask(state: fleet.FleetState, device: str, prompt: str, *, via: str | None = 
 
 
 def _ask_inside(request: dict) -> int:
-    from ..client import MoaClient
-    from ..transport import BrokerSettings
+    from ..mqtt.client import MoaClient
+    from ..mqtt.transport import BrokerSettings
 
     settings = BrokerSettings(host=request["host"], port=request["port"], username=request["username"],
                               password=request["password"], tls_ca_file=request.get("tls_ca_file"),

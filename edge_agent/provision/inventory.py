@@ -39,6 +39,17 @@ class MeshSettings(_Model):
     install_dir: Path = Field(Path("/opt/edge-moa"), description="Where install.sh puts the venv on a board.")
     package: str = Field("edge-moa", description="pip requirement install.sh installs (unless a wheel is bundled).")
     cert_days: int = Field(825, ge=1, description="Validity of issued board and user certificates.")
+    metrics: bool = Field(False, description="Every agent serves Prometheus metrics ([metrics] in agent.toml).")
+    metrics_bind: str = Field("127.0.0.1", min_length=1, description="Listen address of the agents' /metrics.")
+    metrics_port: int = Field(9464, ge=1, le=65535, description="Port of the agents' /metrics.")
+    home_assistant: bool = Field(False, description="Every agent publishes a Home Assistant discovery config.")
+    home_assistant_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+                                       description="Home Assistant's discovery prefix.")
+    home_assistant_user: str | None = Field(None, description="The [[users]] entry Home Assistant logs in as: "
+                                            "it may read and write under the prefix and read every status.")
+    gateway: bool = Field(False, description="Every board runs `edge-moa gateway` (edge-moa-gateway.service).")
+    gateway_listen: str = Field("127.0.0.1:8080", pattern=r"^[^\s:]*:\d{1,5}$",
+                                description="HOST:PORT the gateways listen on.")
 
     @property
     def listen_port(self) -> int:
@@ -55,6 +66,11 @@ class Board(_Model):
     threads: int = Field(0, ge=0, description="Inference threads (0 = all cores).")
     role: Literal["board", "hub"] = Field("board", description="hub: root of the bridge tree (at most one).")
     neighbours: tuple[str, ...] = Field((), description="Boards linked to this one (cost 1).")
+    metrics: bool | None = Field(None, description="Prometheus metrics, if not the mesh's choice.")
+    home_assistant: bool | None = Field(None, description="Home Assistant discovery, if not the mesh's choice.")
+    gateway: bool | None = Field(None, description="The OpenAI-compatible gateway, if not the mesh's choice.")
+    gateway_listen: str | None = Field(None, pattern=r"^[^\s:]*:\d{1,5}$",
+                                       description="The gateway's HOST:PORT, if not the mesh's.")
 
     @model_validator(mode="after")
     def _not_ipv6(self) -> Board:
@@ -110,6 +126,9 @@ class Inventory(_Model):
                     raise ValueError(f"link {a} - {b} names unknown board {end!r}")
             if a == b:
                 raise ValueError(f"link {a} - {b} joins a board to itself")
+        ha_user = self.mesh.home_assistant_user
+        if ha_user is not None and ha_user not in names:
+            raise ValueError(f"mesh.home_assistant_user {ha_user!r} is not one of the [[users]]")
         hubs = [board.id for board in self.boards if board.role == "hub"]
         if len(hubs) > 1:
             raise ValueError(f"at most one hub, found {', '.join(hubs)}")
@@ -133,6 +152,18 @@ class Inventory(_Model):
 
     def memory_max_mb_of(self, board: Board) -> int:
         return board.memory_max_mb or self.mesh.memory_max_mb
+
+    def metrics_of(self, board: Board) -> bool:
+        return self.mesh.metrics if board.metrics is None else board.metrics
+
+    def home_assistant_of(self, board: Board) -> bool:
+        return self.mesh.home_assistant if board.home_assistant is None else board.home_assistant
+
+    def gateway_of(self, board: Board) -> bool:
+        return self.mesh.gateway if board.gateway is None else board.gateway
+
+    def gateway_listen_of(self, board: Board) -> str:
+        return board.gateway_listen or self.mesh.gateway_listen
 
     def all_links(self) -> tuple[Link, ...]:
         """[[links]] plus the boards' `neighbours`, one Link per pair; an explicit [[links]] entry wins."""

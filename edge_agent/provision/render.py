@@ -19,6 +19,7 @@ TEMPLATE_DIRS = (data_dir("broker"), data_dir("provision"), data_dir("systemd"))
 CONFIG_DIR = "/etc/edge-moa"
 SERVICE_USER = "edge-moa"
 CREDENTIALS_DIR = "/run/credentials/edge-moa-agent.service"  # systemd's $CREDENTIALS_DIRECTORY of the unit
+GATEWAY_CREDENTIALS_DIR = "/run/credentials/edge-moa-gateway.service"
 
 
 @dataclass(frozen=True)
@@ -97,15 +98,28 @@ def bridge_username(child: str) -> str:
     return f"bridge.{child}"
 
 
+def gateway_username(board: str) -> str:
+    """`gateway.<board>`: the gateway's own broker identity (a dot never occurs in device ids or user names)."""
+    return f"gateway.{board}"
+
+
+def api_key_name(board: str) -> str:
+    """The password store's name of a gateway's HTTP API key (not a broker identity)."""
+    return f"api-key.{board}"
+
+
 def broker_usernames(inventory: Inventory, tree: BridgeTree, board: Board | None = None) -> list[str]:
-    """The identities a broker lets in: its own agent, the bridges of its children on the tree, the user apps.
+    """The identities a broker lets in: its own agent, the bridges of its children on the tree, its gateway (when
+    the inventory asks for one), the user apps.
 
     Without `board`: every identity of the mesh. A board's agent is known to its own broker only, so its
     credentials cannot even log in elsewhere (and a bridge would not carry its traffic from there anyway).
     """
     boards = [board] if board else sorted(inventory.boards, key=lambda b: b.id)
     children = tree.children(board.id) if board else sorted(tree.parent)
-    return [b.id for b in boards] + [bridge_username(c) for c in children] + sorted(u.name for u in inventory.users)
+    gateways = [gateway_username(b.id) for b in boards if inventory.gateway_of(b)]
+    return ([b.id for b in boards] + [bridge_username(c) for c in children] + gateways
+            + sorted(u.name for u in inventory.users))
 
 
 def _environment() -> jinja2.Environment:
@@ -139,6 +153,7 @@ def render_mosquitto_conf(inventory: Inventory, tree: BridgeTree, board: Board, 
     return _ENV.get_template("board.conf.j2").render(
         mesh=inventory.mesh, board=board, layout=layout, port=inventory.port_of(board),
         bind=inventory.bind_of(board), bridges=_bridges(inventory, tree, board, password_of), tree_root=tree.root,
+        home_assistant=any(inventory.home_assistant_of(b) for b in inventory.boards),
     )
 
 
@@ -151,13 +166,22 @@ def render_acl(inventory: Inventory, tree: BridgeTree) -> str:
     return _ENV.get_template("acl.j2").render(
         mesh=inventory.mesh, boards=sorted(b.id for b in inventory.boards), bridges=bridges,
         users=sorted(inventory.users, key=lambda u: u.name),
+        ha_boards={b.id for b in inventory.boards if inventory.home_assistant_of(b)},
+        gateways=sorted(b.id for b in inventory.boards if inventory.gateway_of(b)),
     )
+
+
+def agent_broker_host(bind: str) -> str:
+    """Where the agent finds its own broker: loopback, unless the broker listens on one address only."""
+    return bind if bind and bind not in ("0.0.0.0", "::", "*") else "127.0.0.1"
 
 
 def render_agent_toml(inventory: Inventory, board: Board, layout: Layout) -> str:
     text = _ENV.get_template("agent.toml.j2").render(
         mesh=inventory.mesh, board=board, layout=layout, port=inventory.port_of(board),
+        broker_host=agent_broker_host(inventory.bind_of(board)),
         model=inventory.model_of(board), memory_max_mb=inventory.memory_max_mb_of(board),
+        metrics=inventory.metrics_of(board), home_assistant=inventory.home_assistant_of(board),
     )
     parse_config(tomllib.loads(text))  # the shipped template must always give a valid agent config
     return text
@@ -166,11 +190,18 @@ def render_agent_toml(inventory: Inventory, board: Board, layout: Layout) -> str
 def _unit_context(inventory: Inventory, board: Board) -> dict:
     return {"mesh": inventory.mesh, "board": board, "install_dir": str(inventory.mesh.install_dir),
             "config_dir": CONFIG_DIR, "service_user": SERVICE_USER,
-            "memory_max_mb": inventory.memory_max_mb_of(board), "package": inventory.mesh.package}
+            "memory_max_mb": inventory.memory_max_mb_of(board), "package": inventory.mesh.package,
+            "gateway": inventory.gateway_of(board), "gateway_listen": inventory.gateway_listen_of(board),
+            "gateway_username": gateway_username(board.id), "port": inventory.port_of(board),
+            "gateway_credentials_dir": GATEWAY_CREDENTIALS_DIR}
 
 
 def render_agent_unit(inventory: Inventory, board: Board) -> str:
     return _ENV.get_template("edge-moa-agent.service.j2").render(**_unit_context(inventory, board))
+
+
+def render_gateway_unit(inventory: Inventory, board: Board) -> str:
+    return _ENV.get_template("edge-moa-gateway.service.j2").render(**_unit_context(inventory, board))
 
 
 def render_mosquitto_dropin(inventory: Inventory, board: Board) -> str:

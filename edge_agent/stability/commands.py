@@ -133,7 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _fail(command: str, exc: Exception) -> int:
     print(f"edge-moa {command}: error: {exc}", file=sys.stderr)
-    return 2 if isinstance(exc, ConfigError) else 1
+    return 1  # the one exit-code policy of every command (errors.py): 2 is argparse's usage error
 
 
 def _alphas_from_broker(args: argparse.Namespace) -> tuple[float, ...]:

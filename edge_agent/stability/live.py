@@ -41,8 +41,8 @@ PROMPTS = [
 
 def advertised_alphas(*, host: str, port: int, topic_root: str = "moa/v1", wait_s: float = 2.0) -> dict[str, float]:
     """The mean inference seconds each online agent advertises in its retained status."""
-    from ..client import MoaClient
-    from ..transport import BrokerSettings
+    from ..mqtt.client import MoaClient
+    from ..mqtt.transport import BrokerSettings
 
     with MoaClient(BrokerSettings(host=host, port=port), topic_root=topic_root) as client:
         client.watch_status()
@@ -116,7 +116,7 @@ def mesh_sections(s: ExperimentSettings) -> dict:
 
 def _mesh(s: ExperimentSettings, policy: str):
     """A local mesh for one policy; with per-agent alphas, a synthetic mesh of mixed speeds."""
-    from ..mesh import LocalMesh
+    from ..local.mesh import LocalMesh
 
     sections = mesh_sections(s)
     sections["moa"] = {**sections["moa"], "peer_policy": policy, "peer_candidates": s.candidates}

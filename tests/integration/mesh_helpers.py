@@ -16,20 +16,22 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.mosquitto import MosquittoProcess, free_port
+from edge_agent.child_process import stop_children
+from edge_agent.mqtt.broker_process import MosquittoProcess, free_port
 from edge_agent.provision import in_place_layout, parse_inventory, provision
 from edge_agent.provision.secret import PasswordStore
 
 
-def cycle_inventory(tls: bool, ports: dict[str, int], root: str, **mesh) -> dict:
-    """Four boards on 127.0.0.1 whose links close a cycle a-b-d-c-a (one link must be left out)."""
+def cycle_inventory(tls: bool, ports: dict[str, int], root: str, host: str = "127.0.0.1", **mesh) -> dict:
+    """Four boards on `host`, each broker bound to it, whose links close a cycle a-b-d-c-a (one link must be left
+    out)."""
     return {
-        "mesh": {"name": "test", "topic_root": root, "tls": tls, "bind": "127.0.0.1", "engine": "synthetic", **mesh},
+        "mesh": {"name": "test", "topic_root": root, "tls": tls, "bind": host, "engine": "synthetic", **mesh},
         "boards": [
-            {"id": "a", "address": "127.0.0.1", "port": ports["a"], "neighbours": ["b", "c"], "role": "hub"},
-            {"id": "b", "address": "127.0.0.1", "port": ports["b"], "neighbours": ["d"]},
-            {"id": "c", "address": "127.0.0.1", "port": ports["c"]},
-            {"id": "d", "address": "127.0.0.1", "port": ports["d"]},
+            {"id": "a", "address": host, "port": ports["a"], "neighbours": ["b", "c"], "role": "hub"},
+            {"id": "b", "address": host, "port": ports["b"], "neighbours": ["d"]},
+            {"id": "c", "address": host, "port": ports["c"]},
+            {"id": "d", "address": host, "port": ports["d"]},
         ],
         "links": [{"between": ["c", "d"], "cost": 5}],
         "users": [{"name": "app", "devices": ["*"]}, {"name": "narrow", "devices": ["a"]}],
@@ -48,12 +50,13 @@ class Identity:
 class ProvisionedMesh:
     """Provision an inventory in place under `out`, then run every board's rendered mosquitto.conf."""
 
-    def __init__(self, out: Path, tls: bool = True, **mesh):
+    def __init__(self, out: Path, tls: bool = True, host: str = "127.0.0.1", **mesh):
         self.out = out
         self.tls = tls
-        self.ports = {board: free_port() for board in "abcd"}
+        self.host = host
+        self.ports = {board: free_port(host) for board in "abcd"}
         self.root = f"test/{uuid.uuid4().hex[:8]}/moa"
-        self.inventory = parse_inventory(cycle_inventory(tls, self.ports, self.root, **mesh))
+        self.inventory = parse_inventory(cycle_inventory(tls, self.ports, self.root, host, **mesh))
         self.report = provision(self.inventory, out, layout_for=in_place_layout)
         self.tree = self.report.tree
         self.brokers: dict[str, MosquittoProcess] = {}
@@ -65,7 +68,7 @@ class ProvisionedMesh:
             order = [self.tree.root] + sorted(self.tree.parent, key=self._depth)
             for board in order:
                 conf = (self.out / "boards" / board / "mosquitto" / "mosquitto.conf").read_text()
-                self.brokers[board] = MosquittoProcess(port=self.ports[board], conf_text=conf).start()
+                self.brokers[board] = MosquittoProcess(port=self.ports[board], bind=self.host, conf_text=conf).start()
         except BaseException:
             self.stop()
             raise
@@ -102,7 +105,7 @@ class ProvisionedMesh:
                         board_dir / "tls" / "board.crt", board_dir / "tls" / "board.key")
 
     def client(self, board: str, identity: Identity | None, **overrides) -> TestClient:
-        return TestClient("127.0.0.1", self.ports[board], identity, **overrides)
+        return TestClient(self.host, self.ports[board], identity, **overrides)
 
     def topic(self, *levels: str) -> str:
         return "/".join((self.root, *levels))
@@ -210,15 +213,7 @@ class AgentProcesses:
             )
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_children(self.procs.values())
 
     def logs(self) -> str:
         return "\n".join(f"--- agent {b}\n{p.read_text(errors='replace')[-3000:]}" for b, p in self.log_paths.items()

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from edge_agent.mesh import LocalMesh
+from edge_agent.local.mesh import LocalMesh
 
 pytestmark = pytest.mark.slow
 

@@ -23,19 +23,24 @@ def test_demo_prints_answers_with_their_proposers(tiny_model_dir, tmp_path):
     assert out.count("layer 2 aggregate: ") == 2
 
 
-def test_demo_serve_keeps_the_mesh_up_for_other_clients(tiny_model_dir, tmp_path):
+def serve_demo(model_dir, workdir) -> tuple[subprocess.Popen, str]:
+    """`edge-moa demo --serve` with two agents; returns the process and its broker address once the mesh is up."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent", "demo", "--agents", "2", "--model", str(tiny_model_dir), "-k", "1",
-         "--max-new-tokens", "4", "--workdir", str(tmp_path), "--serve", "Hi"],
+        [sys.executable, "-m", "edge_agent", "demo", "--agents", "2", "--model", str(model_dir), "-k", "1",
+         "--max-new-tokens", "4", "--workdir", str(workdir), "--serve", "Hi"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("mesh is up: broker "):
+            return proc, line.split("broker ", 1)[1].split(",")[0]
+    proc.kill()
+    raise AssertionError("demo --serve never said where its broker is")
+
+
+def test_demo_serve_keeps_the_mesh_up_for_other_clients(tiny_model_dir, tmp_path):
+    proc, address = serve_demo(tiny_model_dir, tmp_path)
     try:
-        address = None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and address is None:
-            line = proc.stdout.readline()
-            if line.startswith("mesh is up: broker "):
-                address = line.split("broker ", 1)[1].split(",")[0]
-        assert address, "demo --serve never said where its broker is"
         asked = subprocess.run([sys.executable, "-m", "edge_agent", "ask", "--broker", address, "--device", "agent2",
                                 "--json", "-M", "1", "-k", "1", "Are you there?"],
                                capture_output=True, text=True, timeout=60, check=False)
@@ -45,3 +50,17 @@ def test_demo_serve_keeps_the_mesh_up_for_other_clients(tiny_model_dir, tmp_path
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
     assert proc.returncode == 0
+
+
+def test_demo_serve_stopped_by_sigterm_leaves_no_process_behind(tiny_model_dir, tmp_path):
+    import psutil
+
+    proc, _ = serve_demo(tiny_model_dir, tmp_path)
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 3  # the broker and two agents
+    finally:
+        proc.send_signal(signal.SIGTERM)  # as `timeout`, systemd or a test harness stops it
+        proc.wait(30)
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert alive == [], f"left running after SIGTERM: {[p.pid for p in alive]}"

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from edge_agent.mesh import LocalMesh
+from edge_agent.local.mesh import LocalMesh
 from edge_agent.stability.commands import register
 from edge_agent.stability.experiment import RunSpec, predict, run_stats, write_run_csv
 from edge_agent.stability.live import ExperimentSettings, advertised_alphas, mesh_sections, run_live

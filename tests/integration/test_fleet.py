@@ -101,15 +101,20 @@ def test_every_board_runs_in_its_own_namespace(state):
     assert bridges == {("a", "b"): "b -> a", ("a", "c"): "c -> a", ("b", "d"): "d -> b", ("c", "d"): None}
 
 
-def test_one_answer_per_prompt_with_proposals_from_other_boards(state):
+def _listen(state, board: str, topic: str) -> subprocess.Popen:
+    """A user app on `board` (mosquitto_sub in the operator's namespace) printing every message on `topic`."""
     creds = fleet.ops_credentials(state)
+    return subprocess.Popen(
+        ["ip", "netns", "exec", state.ns("ops"), "mosquitto_sub", "-h", state.address(board), "-p",
+         str(state.ports[board]), "-V", "mqttv5", "--cafile", creds["tls_ca_file"], "--cert", creds["tls_cert_file"],
+         "--key", creds["tls_key_file"], "-u", creds["username"], "-P", creds["password"], "-q", "1",
+         "-t", topic], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_one_answer_per_prompt_with_proposals_from_other_boards(state):
     topic_root = fleet.topic_root(state)
     # a user app on board c watches every answer: each prompt must produce exactly one
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", state.ns("ops"), "mosquitto_sub", "-h", state.address("c"), "-p",
-         str(state.ports["c"]), "-V", "mqttv5", "--cafile", creds["tls_ca_file"], "--cert", creds["tls_cert_file"],
-         "--key", creds["tls_key_file"], "-u", creds["username"], "-P", creds["password"], "-q", "1",
-         "-t", f"{topic_root}/+/answer/#"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _listen(state, "c", f"{topic_root}/+/answer/#")
     try:
         time.sleep(0.5)
         answers = {device: ask(state, device, f"question for {device}", via="d") for device in ("a", "b", "c")}
@@ -154,6 +159,33 @@ def test_cut_partitions_and_heal_restores(state):
         fleet.heal(state, "a", "b")
     answer = ask(state, "a", "after healing", via="d", timeout_s=60, layers=0)
     assert "error" not in answer
+
+
+def test_answers_down_the_tree_survive_a_60_s_outage(state):
+    """Answers published on board a for a user on board d while the a-b link (d's way up) is cut for 60 s: they
+    wait on a, in the 3.1.1 answers bridge's session, and arrive once after the link heals."""
+    creds = fleet.ops_credentials(state)
+    topic_root = fleet.topic_root(state)
+    listener = _listen(state, "d", f"{topic_root}/a/answer/#")
+    ids = [f"outage-{uuid.uuid4().hex[:6]}-{i}" for i in range(5)]
+    try:
+        time.sleep(1.0)
+        fleet.cut(state, "a", "b")
+        cut_at = time.monotonic()
+        for rid in ids:
+            sent = _mosquitto_client(state, "mosquitto_pub", "a", creds["username"], creds["password"], "-q", "1",
+                                     "-t", f"{topic_root}/a/prompt",
+                                     "-m", json.dumps({"prompt": f"during the outage {rid}", "request_id": rid,
+                                                       "layers": 0}))
+            assert sent.returncode == 0, sent.stderr
+        time.sleep(max(0.0, 60.0 - (time.monotonic() - cut_at)))
+    finally:
+        fleet.heal(state, "a", "b")
+    time.sleep(25)  # the bridge reconnects within restart_timeout and delivers its queue
+    listener.terminate()
+    out, _ = listener.communicate(timeout=10)
+    seen = [json.loads(line)["request_id"] for line in out.splitlines() if line.startswith("{")]
+    assert sorted(seen) == sorted(ids), out[-2000:]
 
 
 def test_delay_slows_the_bridge_by_the_set_amount(state):

@@ -8,7 +8,8 @@ import sys
 import threading
 import time
 
-from edge_agent.mosquitto import free_port, wait_for_port
+from edge_agent.child_process import stop_child
+from edge_agent.mqtt.broker_process import free_port, wait_for_port
 
 
 def _echo_server() -> tuple[socket.socket, int]:
@@ -48,6 +49,5 @@ def test_proxy_delays_each_way_and_keeps_bytes():
         assert received == payload
         assert 0.2 <= elapsed < 1.0, elapsed  # 100 ms out, 100 ms back
     finally:
-        proxy.terminate()
-        proxy.wait(10)
+        stop_child(proxy)
         server.close()

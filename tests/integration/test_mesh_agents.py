@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from edge_agent.mesh import LocalMesh
-from edge_agent.moa import inferences_per_prompt
-from edge_agent.mosquitto import MosquittoProcess
+from edge_agent.agent.moa import inferences_per_prompt
+from edge_agent.local.mesh import LocalMesh
+from edge_agent.mqtt.broker_process import MosquittoProcess
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def test_plain_mosquitto_clients_with_a_response_topic(onnx_mesh):
     (b"x" * 70000, "too_large", "exceeds"),
 ])
 def test_malformed_prompts_get_an_error_on_their_response_topic(onnx_mesh, payload, code, fragment):
-    from edge_agent.protocol import new_id
+    from edge_agent.wire.messages import new_id
 
     with onnx_mesh.client() as client:
         answer = client.submit_raw("agent3", payload, request_id=new_id()[:12]).result(timeout=30)

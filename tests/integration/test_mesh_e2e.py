@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from edge_agent.client import MoaClient
-from edge_agent.transport import BrokerSettings
+from edge_agent.mqtt.client import MoaClient
+from edge_agent.mqtt.transport import BrokerSettings
 from tests.conftest import attach_on_failure
 from tests.integration.mesh_helpers import AgentProcesses, ProvisionedMesh, wait_until
 
@@ -18,7 +18,8 @@ BOARDS = "abcd"
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    mesh = ProvisionedMesh(tmp_path_factory.mktemp("e2e"), tls=True, layers=1, proposers=2)
+    # brokers bound to 127.0.0.2 only: the agents must find theirs from the bundle's agent.toml (issue 10: `bind`)
+    mesh = ProvisionedMesh(tmp_path_factory.mktemp("e2e"), tls=True, host="127.0.0.2", layers=1, proposers=2)
     agents = AgentProcesses(mesh)
     try:
         mesh.start()
@@ -39,7 +40,7 @@ def _attach_logs(request, fleet):
 
 def app_settings(mesh: ProvisionedMesh, board: str) -> BrokerSettings:
     app = mesh.identity("app")
-    return BrokerSettings(host="127.0.0.1", port=mesh.ports[board], username=app.name, password=app.password,
+    return BrokerSettings(host=mesh.host, port=mesh.ports[board], username=app.name, password=app.password,
                           tls_ca_file=str(app.ca), tls_cert_file=str(app.cert), tls_key_file=str(app.key))
 
 

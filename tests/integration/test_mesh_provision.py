@@ -44,7 +44,7 @@ def test_bundle_holds_everything_a_board_needs(tmp_path):
     expected = {
         "agent.toml": 0o644, "credentials/mqtt-password": 0o600, "tls/ca.crt": 0o644, "tls/board.crt": 0o644,
         "tls/board.key": 0o600, "mosquitto/mosquitto.conf": 0o600, "mosquitto/passwd": 0o600,
-        "mosquitto/acl": 0o644, "systemd/edge-moa-agent.service": 0o644,
+        "mosquitto/acl": 0o644, "systemd/edge-moa-agent.service": 0o644, "systemd/edge-moa-gateway.service": 0o644,
         "systemd/mosquitto.service.d/edge-moa.conf": 0o644, "install.sh": 0o755,
     }
     found = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
@@ -88,7 +88,7 @@ def test_adding_a_board_changes_only_what_must_change(tmp_path):
     report = provision(parse_inventory(data), tmp_path)
     changed = {str(p.relative_to(tmp_path)) for p in report.changed()}
     new_bundle = {c for c in changed if c.startswith("boards/pi-e/")}
-    assert len(new_bundle) == 11
+    assert len(new_bundle) == 12
     data["boards"] = [b for b in data["boards"] if b["id"] != "pi-e"]
     assert provision(parse_inventory(data), tmp_path).stale == [tmp_path / "boards" / "pi-e"]
     assert changed - new_bundle == {

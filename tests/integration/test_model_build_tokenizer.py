@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from edge_agent.errors import InferenceError
+from edge_agent.errors import ModelBuildError
 from edge_agent.model.tiny import build_tiny_model
 from edge_agent.model.tokenizer_repair import repair_tokenizer
 
@@ -51,7 +51,7 @@ def test_repair_sets_eos_drops_bos_and_the_stray_file(tmp_path: Path):
 
 def test_unknown_eos_is_an_error(tmp_path: Path):
     model = _broken_copy(tmp_path)
-    with pytest.raises(InferenceError, match="not in the vocabulary"):
+    with pytest.raises(ModelBuildError, match="not in the vocabulary"):
         repair_tokenizer(model, eos_token="<eos>", bos_token=None)
 
 

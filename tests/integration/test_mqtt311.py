@@ -4,8 +4,8 @@ import uuid
 
 import pytest
 
-from edge_agent.mesh import LocalMesh
-from edge_agent.mosquitto import AmqttProcess
+from edge_agent.local.mesh import LocalMesh
+from edge_agent.mqtt.broker_process import AmqttProcess
 
 pytestmark = pytest.mark.slow
 

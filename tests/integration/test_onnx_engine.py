@@ -134,3 +134,14 @@ def test_stop_strings_cut_the_answer(tmp_path: Path, tiny_model_dir: Path):
     cut = OnnxEngine(copy, threads=1).generate(request)
     assert cut.text == full.text.split(stop, 1)[0]
     assert cut.new_tokens < full.new_tokens  # stopped early, not only trimmed
+
+
+def test_ids_given_with_the_request_are_used_instead_of_tokenizing_again(engine: OnnxEngine):
+    messages = (ChatMessage("user", "Tell me about the sea."),)
+    ids = tuple(engine.prompt_ids(messages))
+    plain = engine.generate(GenerationRequest(messages=messages, max_new_tokens=6, temperature=0.0))
+    given = engine.generate(GenerationRequest(messages=messages, max_new_tokens=6, temperature=0.0, prompt_ids=ids))
+    assert given.text == plain.text and given.prompt_tokens == len(ids) == engine.count_prompt_tokens(messages)
+    other = engine.generate(GenerationRequest(messages=messages, max_new_tokens=6, temperature=0.0,
+                                              prompt_ids=tuple(engine.prompt_ids((ChatMessage("user", "Hi"),)))))
+    assert other.prompt_tokens != given.prompt_tokens  # the ids, not the messages, were read

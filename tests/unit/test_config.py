@@ -25,3 +25,38 @@ def test_errors_report_key_path(data, path, fragment):
     paths = [p for p, _, _ in info.value.problems]
     messages = " ".join(m for _, _, m in info.value.problems)
     assert path in paths and fragment in messages
+
+
+@pytest.mark.parametrize("sections,path", [
+    ({"mqtt": {"password_file": "pw"}}, "mqtt.password_file"),
+    ({"mqtt": {"tls_cert_file": "c.crt"}}, "mqtt.tls_cert_file"),
+    ({"mqtt": {"tls_cert_file": "c.crt", "tls_key_file": "c.key"}}, "mqtt.tls_cert_file"),  # no CA: plaintext
+    ({"agent": {"device_id": "a", "heartbeat_s": 5.0, "peer_timeout_s": 6.0}}, "agent.peer_timeout_s"),
+    ({"moa": {"ack_timeout_s": 30.0, "request_timeout_s": 20.0}}, "moa.ack_timeout_s"),
+])
+def test_fields_that_do_not_fit_together_are_reported_by_key_path(sections, path):
+    data = {"agent": {"device_id": "a"}, **sections}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert path in [p[0] for p in info.value.problems]
+
+
+def test_config_check_opens_credential_files_and_resolves_the_model(tmp_path):
+    from edge_agent.config import check_resources
+
+    config = parse_config({"agent": {"device_id": "a"}, "mqtt": {"username": "a", "password_file": "missing"},
+                           "engine": {"model": str(tmp_path / "not-a-model")}}, base_dir=tmp_path)
+    problems = {p[0]: p[2] for p in check_resources(config)}
+    assert problems["mqtt.password_file"].startswith("cannot read")
+    assert "not a built model directory" in problems["engine.model"]
+
+
+@pytest.mark.parametrize("model,expected", [
+    ("models/tiny", "{base}/models/tiny"),  # a path (artifact.store.looks_like_path): taken from the file's folder
+    ("./tiny", "{base}/tiny"),
+    ("/opt/models/tiny", "/opt/models/tiny"),
+    ("smollm2-135m-instruct", "smollm2-135m-instruct"),  # a catalogue name stays a name
+])
+def test_a_relative_model_path_is_taken_from_the_config_folder(tmp_path, model, expected):
+    config = parse_config({"agent": {"device_id": "a"}, "engine": {"model": model}}, base_dir=tmp_path)
+    assert config.engine.model == expected.format(base=tmp_path)

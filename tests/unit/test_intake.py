@@ -2,11 +2,11 @@
 
 import pytest
 
+from edge_agent.agent.intake import read_prompt
 from edge_agent.config import LimitsSection, MoaSection
-from edge_agent.errors import ProtocolError
-from edge_agent.intake import Refusal, read_prompt
-from edge_agent.topics import Topics
-from edge_agent.transport import RawMessage
+from edge_agent.errors import ProtocolError, Refusal
+from edge_agent.mqtt.transport import RawMessage
+from edge_agent.wire.topics import Topics
 
 MOA = MoaSection(layers=1, proposers=2, max_layers=2, max_proposers=3, max_new_tokens=32, max_new_tokens_limit=64)
 

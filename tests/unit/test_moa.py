@@ -4,8 +4,7 @@ import random
 
 import pytest
 
-from edge_agent.config import SYNTHESIS_SYSTEM_PROMPT
-from edge_agent.moa import (
+from edge_agent.agent.moa import (
     Finish,
     LayerDone,
     MoaRun,
@@ -16,7 +15,8 @@ from edge_agent.moa import (
     proposal_messages,
     synthesis_text,
 )
-from edge_agent.protocol import ErrorBody, UserRequest
+from edge_agent.config import SYNTHESIS_SYSTEM_PROMPT
+from edge_agent.wire.messages import ErrorBody, UserRequest
 
 PEERS = ["b", "c", "d", "e"]
 
@@ -39,8 +39,8 @@ def drive(run: MoaRun, alive=PEERS, seed=0, answer=lambda device, task: f"{devic
             device = action.device if isinstance(action, SendTask) else "a"
             tasks.append((device, action.task))
             if isinstance(action, SendTask):
-                pending += run.on_ack(action.task.task_id, True, None, 1.0, alive, rng, now=0.0)
-            pending += run.on_result(action.task.task_id, answer(device, action.task), None, 0.5, alive, rng,
+                pending += run.on_ack(device, action.task.task_id, True, None, 1.0, alive, rng, now=0.0)
+            pending += run.on_result(device, action.task.task_id, answer(device, action.task), None, 0.5, alive, rng,
                                      now=0.0)
         elif isinstance(action, Finish):
             return action, tasks
@@ -103,7 +103,7 @@ def test_busy_peer_is_replaced_by_another_alive_one():
     rng = random.Random(1)
     actions = run.start(["b", "c"], rng, now=0.0)
     sent = next(a for a in actions if isinstance(a, SendTask))
-    moved = run.on_ack(sent.task.task_id, False, "busy", 0.0, ["b", "c"], rng, now=0.1)
+    moved = run.on_ack(sent.device, sent.task.task_id, False, "busy", 0.0, ["b", "c"], rng, now=0.1)
     assert len(moved) == 1 and isinstance(moved[0], SendTask)
     assert moved[0].device != sent.device and moved[0].task.task_id != sent.task.task_id
     assert run.dropped[0].outcome == "busy" and run.dropped[0].device == sent.device
@@ -114,7 +114,7 @@ def test_unanswered_task_times_out_and_layer_goes_on_with_what_it_has():
     rng = random.Random(0)
     actions = run.start(["b"], rng, now=0.0)
     local = next(a for a in actions if isinstance(a, RunLocal))
-    assert run.on_result(local.task.task_id, "mine", None, 0.3, ["b"], rng, now=0.5) == []
+    assert run.on_result("a", local.task.task_id, "mine", None, 0.3, ["b"], rng, now=0.5) == []
     assert run.on_tick(["b"], rng, now=0.9) == []
     after = run.on_tick(["b"], rng, now=1.1)
     assert isinstance(after[0], LayerDone) and after[0].answers == ("mine",)
@@ -126,7 +126,7 @@ def test_accepted_task_deadline_follows_the_peers_estimate():
     run = make_run(1, 1, grace_s=2.0, eta_factor=1.5)
     rng = random.Random(0)
     sent = next(a for a in run.start(["b"], rng, now=0.0) if isinstance(a, SendTask))
-    run.on_ack(sent.task.task_id, True, None, 10.0, ["b"], rng, now=1.0)
+    run.on_ack(sent.device, sent.task.task_id, True, None, 10.0, ["b"], rng, now=1.0)
     assert run.on_tick(["b"], rng, now=1.0 + 15 + 2 - 0.01) == []
     moved = run.on_tick(["b", "c"], rng, now=1.0 + 15 + 2 + 0.01)
     assert isinstance(moved[0], SendTask) and moved[0].device == "c"
@@ -137,14 +137,14 @@ def test_late_result_from_a_replaced_peer_is_ignored():
     rng = random.Random(0)
     sent = next(a for a in run.start(["b", "c"], rng, now=0.0) if isinstance(a, SendTask))
     run.on_peer_gone(sent.device, ["b", "c"], rng, now=0.1)
-    assert run.on_result(sent.task.task_id, "late", None, 1.0, ["b", "c"], rng, now=0.2) == []
+    assert run.on_result(sent.device, sent.task.task_id, "late", None, 1.0, ["b", "c"], rng, now=0.2) == []
 
 
 def test_own_inference_error_fails_the_request_with_its_code():
     run = make_run(1, 1)
     rng = random.Random(0)
     local = next(a for a in run.start(["b"], rng, now=0.0) if isinstance(a, RunLocal))
-    out = run.on_result(local.task.task_id, None, ErrorBody(code="too_large", message="x"), 0.0, ["b"], rng, 0.1)
+    out = run.on_result("a", local.task.task_id, None, ErrorBody(code="too_large", message="x"), 0.0, ["b"], rng, 0.1)
     assert isinstance(out[0], Finish) and out[0].error.code == "too_large"
     assert run.finished
 
@@ -168,7 +168,7 @@ def test_resume_from_checkpoint_starts_at_the_recorded_layer():
 
 
 def test_speed_aware_choice_keeps_the_lowest_expected_wait_of_d_candidates():
-    from edge_agent.peers import choose_peers
+    from edge_agent.agent.peers import choose_peers
 
     wait = {"b": 5.0, "c": 1.0, "d": 3.0, "e": 0.5}
     rng = random.Random(0)
@@ -184,3 +184,39 @@ def test_speed_aware_run_routes_around_a_loaded_peer():
     run.peer_cost, run.peer_candidates = wait.get, 4
     sent = [a.device for a in run.start(PEERS, random.Random(3), now=0.0) if isinstance(a, SendTask)]
     assert "b" not in sent and len(sent) == 2
+
+
+def test_results_and_acks_count_only_from_the_peer_the_current_task_went_to():
+    run = make_run(1, 1, max_redispatch=2)
+    rng = random.Random(0)
+    actions = run.start(["b", "c", "d"], rng, now=0.0)
+    first = next(a for a in actions if isinstance(a, SendTask))
+    local = next(a for a in actions if isinstance(a, RunLocal))
+    other = next(d for d in ["b", "c", "d"] if d != first.device)
+    # a forged ack and result from another agent for the same task id change nothing
+    assert run.on_ack(other, first.task.task_id, True, None, 1.0, ["b", "c", "d"], rng, now=0.1) == []
+    assert run.on_result(other, first.task.task_id, "forged", None, 1.0, ["b", "c", "d"], rng, now=0.1) == []
+    # the slot moves on (ack timeout); the first peer's late result must not be credited to the replacement
+    moved = run.on_tick(["b", "c", "d"], rng, now=10.0)
+    replacement = next(a for a in moved if isinstance(a, SendTask))
+    assert replacement.device != first.device
+    assert run.on_result(first.device, first.task.task_id, "late", None, 9.0, ["b", "c", "d"], rng, now=10.1) == []
+    assert run.on_result(replacement.device, first.task.task_id, "x", None, 9.0, ["c"], rng, now=10.1) == []
+    run.on_result("a", local.task.task_id, "mine", None, 0.2, ["b", "c", "d"], rng, now=10.2)
+    run.on_ack(replacement.device, replacement.task.task_id, True, None, 1.0, ["b", "c", "d"], rng, now=10.2)
+    done = run.on_result(replacement.device, replacement.task.task_id, "theirs", None, 0.7, ["b", "c", "d"], rng,
+                         now=10.3)
+    assert isinstance(done[0], LayerDone) and sorted(done[0].answers) == ["mine", "theirs"]
+    entry = next(e for e in run.trace[0].answered if e.device == replacement.device)
+    assert entry.inference_s == 0.7
+
+
+def test_own_slot_has_a_deadline_from_the_local_estimate():
+    run = make_run(1, 0, grace_s=2.0, eta_factor=1.5)
+    run.local_eta = lambda: 4.0
+    rng = random.Random(0)
+    run.start([], rng, now=0.0)
+    assert run.on_tick([], rng, now=0.0 + 4.0 * 1.5 + 2.0 - 0.01) == []
+    out = run.on_tick([], rng, now=0.0 + 4.0 * 1.5 + 2.0 + 0.01)
+    # nobody else to take the slot over: the request ends with a timeout, its one reply
+    assert isinstance(out[0], Finish) and out[0].error.code == "timeout" and run.finished

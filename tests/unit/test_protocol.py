@@ -5,7 +5,7 @@ import json
 import pytest
 
 from edge_agent.errors import ProtocolError
-from edge_agent.protocol import (
+from edge_agent.wire.messages import (
     ResultMessage,
     TaskMessage,
     WireChatMessage,
@@ -15,7 +15,7 @@ from edge_agent.protocol import (
     encode,
     parse_prompt_json,
 )
-from edge_agent.topics import Topics
+from edge_agent.wire.topics import Topics
 
 topics = Topics("moa/v1")
 
@@ -95,3 +95,13 @@ def test_topics_parse():
     assert topics.parse("other/agent1/prompt") is None
     assert topics.parse("moa/v1/bad id/prompt") is None
     assert topics.parse("moa/v1/agent1/inbox/a/b") is None
+
+
+def test_deep_nesting_is_refused_before_the_parser_sees_it():
+    from edge_agent.wire.messages import MAX_JSON_DEPTH, json_depth, load_json
+
+    assert json_depth('{"a": [1, {"b": "[[[\\"["}]}') == 3  # brackets inside strings do not count
+    with pytest.raises(ProtocolError, match="nests deeper"):
+        load_json(b'{"prompt": ' + b"[" * 100000 + b"]" * 100000 + b"}", "prompt")
+    assert load_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH, "x") is not None
+    assert load_json('{"s": "' + "[" * 1000 + '"}', "x") == {"s": "[" * 1000}

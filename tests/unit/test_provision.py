@@ -18,6 +18,7 @@ from edge_agent.provision.render import (
     render_mosquitto_dropin,
 )
 from edge_agent.provision.secret import PasswordStore, hash_password, passwd_lines, verify_password
+from tests.unit.provision_helpers import acl_rules
 
 
 def inventory(**mesh):
@@ -157,8 +158,15 @@ def test_mosquitto_conf_bridges_only_to_the_parent():
     root_conf = render_mosquitto_conf(inv, tree, inv.board("a"), installed_layout(), password_of)
     assert "connection " not in root_conf
     conf = render_mosquitto_conf(inv, tree, inv.board("d"), installed_layout(), password_of)
-    assert conf.count("\nconnection ") == 1
-    for line in ("connection edge-moa-d-to-b", "address 10.0.0.2:8883", "topic moa/v1/# both 1",
+    # one link to the parent, two connections with disjoint topics: v5 for prompts and agents, 3.1.1 for answers
+    assert conf.count("\nconnection ") == 2 and conf.count("\naddress 10.0.0.2:8883\n") == 2
+    v5, v311 = conf.split("\nconnection edge-moa-d-to-b-answers\n")
+    assert "\nbridge_protocol_version mqttv50\n" in v5 and "\nbridge_protocol_version mqttv311\n" in v311
+    assert [line for line in v5.splitlines() if line.startswith("topic ")] == [
+        "topic moa/v1/+/prompt both 1", "topic moa/v1/+/status both 1", "topic moa/v1/+/inbox/+ both 1"]
+    assert [line for line in v311.splitlines() if line.startswith("topic ")] == ["topic moa/v1/+/answer/# both 1"]
+    assert "\nremote_clientid bridge.d.answers\n" in v311 and "\nremote_username bridge.d\n" in v311
+    for line in ("connection edge-moa-d-to-b", "address 10.0.0.2:8883",
                  "restart_timeout 1 5", "remote_username bridge.d", "remote_password pw-bridge.d",
                  "cleansession false", "bridge_cafile /etc/edge-moa/mosquitto/ca.crt", "bridge_insecure false",
                  "listener 9883", "allow_anonymous false", "require_certificate true",
@@ -175,8 +183,9 @@ def test_bridge_protocol_is_a_choice():
     assert "\nbridge_protocol_version mqttv50\n" in render_mosquitto_conf(inv, tree, inv.board("d"), installed_layout(),
                                                                           password_of)
     inv = inventory(bridge_protocol="mqttv311")
-    assert "\nbridge_protocol_version mqttv311\n" in render_mosquitto_conf(inv, tree, inv.board("d"),
-                                                                           installed_layout(), password_of)
+    conf = render_mosquitto_conf(inv, tree, inv.board("d"), installed_layout(), password_of)
+    assert "\nbridge_protocol_version mqttv311\n" in conf and "mqttv50" not in conf
+    assert conf.count("\nconnection ") == 1 and "\ntopic moa/v1/# both 1\n" in conf
 
 
 def test_mosquitto_conf_without_tls():
@@ -187,26 +196,18 @@ def test_mosquitto_conf_without_tls():
     assert "cafile" not in conf and "certfile" not in conf and "require_certificate" not in conf
 
 
+def test_agent_reaches_its_broker_on_the_bound_address():
+    for bind, host in (("127.0.0.1", "127.0.0.1"), ("10.0.0.2", "10.0.0.2"), ("", "127.0.0.1"), ("0.0.0.0", "127.0.0.1")):
+        inv = inventory(tls=False, bind=bind)
+        text = render_agent_toml(inv, inv.board("b"), installed_layout())
+        assert tomllib.loads(text)["mqtt"]["host"] == host
+
+
 def test_in_place_layout_points_into_the_bundle(tmp_path):
     inv = inventory()
     conf = render_mosquitto_conf(inv, choose_tree(inv), inv.board("b"), in_place_layout(tmp_path), password_of)
     assert f"password_file {tmp_path}/mosquitto/passwd" in conf
     assert f"persistence_location {tmp_path}/state/mosquitto/" in conf
-
-
-def acl_rules(text):
-    """{user: set of 'read|write topic'} from an ACL file."""
-    rules, user = {}, None
-    for line in text.splitlines():
-        if line.startswith("user "):
-            user = line.split()[1]
-            rules[user] = set()
-        elif line.startswith("topic "):
-            _, access, topic = line.split()
-            rules[user].add(f"{access} {topic}")
-        else:
-            assert not line.startswith("pattern"), line
-    return rules
 
 
 def test_acl_pins_each_agent_to_its_own_topics():

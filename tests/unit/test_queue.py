@@ -2,11 +2,11 @@
 
 import random
 
+from edge_agent.agent.memory import MB, MemoryReading, queue_cap_bytes, task_charge_bytes
+from edge_agent.agent.peers import PeerTable, choose_peers
+from edge_agent.agent.prompt_queue import PromptQueue, QueuedTask, admit
 from edge_agent.engine import ChatMessage, GenerationRequest
-from edge_agent.memory import MB, MemoryReading, queue_cap_bytes, task_charge_bytes
-from edge_agent.peers import PeerTable, choose_peers
-from edge_agent.prompt_queue import PromptQueue, QueuedTask, admit
-from edge_agent.protocol import Status
+from edge_agent.wire.messages import Status
 
 
 def task(task_id, charge):
@@ -37,16 +37,16 @@ def test_admission():
     assert not admit(queued_bytes=0, queued_tasks=5, charge_bytes=1, cap_bytes=10, max_tasks=5)
 
 
-def test_fcfs_and_bytes_follow_tasks_until_released():
+def test_bytes_follow_tasks_until_released_once():
     q = PromptQueue()
-    q.push(task("t1", 10))
-    q.push(task("t2", 20))
+    q.add(task("t1", 10))
+    q.add(task("t2", 20))
     assert (len(q), q.bytes) == (2, 30)
-    assert q.pop().task_id == "t1"
-    assert (len(q), q.waiting, q.in_service, q.bytes) == (2, 1, 1, 30)
-    q.release("t1")
+    assert q.release("t1").task_id == "t1"
     assert (len(q), q.bytes) == (1, 20)
-    assert q.pop().task_id == "t2"
+    assert q.release("t1") is None  # a second release gives nothing back twice
+    assert (len(q), q.bytes) == (1, 20)
+    assert "t2" in q and "t1" not in q
 
 
 def test_choose_peers_distinct_and_bounded():

@@ -15,7 +15,7 @@ import statistics
 import time
 
 from edge_agent.config import DEFAULT_MODEL
-from edge_agent.mesh import LocalMesh
+from edge_agent.local.mesh import LocalMesh
 
 
 def critical_path_s(answer: dict) -> float:

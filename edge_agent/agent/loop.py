@@ -1,0 +1,729 @@
+"""The agent daemon's loop: routes each message to its step and carries out what the steps decide.
+
+The pipeline: intake (validate, route, de-duplicate) -> admission (memory charge, queue cap) -> MoA run (pure
+state, `moa.py`) -> inference worker (`engine/worker.py`, its own thread) -> replies (the journal's outbox).
+Three contexts, one owner each: the transport's thread only hands raw messages to this loop; this loop owns the
+runs, the peer table and the ledger; the worker's thread runs the engine. Every message from the wire is handled
+inside its own guard: whatever it does, it costs that message alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import statistics
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from .. import __version__
+from ..config import AgentConfig
+from ..engine import ChatMessage, Engine, Generation, GenerationRequest
+from ..engine.worker import InferenceWorker, Job
+from ..errors import EdgeMoaError, InferenceError, ProtocolError, Refusal, TooLargeError, TransportError
+from ..mqtt.api import RawMessage, Transport, TransportFactory, Will
+from ..wire.messages import (
+    Answer,
+    ErrorBody,
+    ReplyRoute,
+    ResultMessage,
+    Status,
+    TaskAckMessage,
+    TaskMessage,
+    Usage,
+    UserRequest,
+    best_effort_route,
+    decode_internal,
+    decode_status,
+    encode,
+    load_json,
+)
+from ..wire.topics import Topics
+from .admission import Admission
+from .ha_discovery import DiscoveryAnnouncer, Publish
+from .intake import read_prompt
+from .journal import Journal, JournalEntry, UnreadableEntry
+from .metrics import AgentMetrics
+from .moa import Finish, LayerDone, MoaRun, MoaTimeouts, RunLocal, SendTask
+from .peers import PeerTable
+from .prompt_queue import QueuedTask
+from .replies import Replies, error_payload
+from .tokenize import OffLoopTokenizer
+
+log = logging.getLogger(__name__)
+TICK_S = 0.2
+DISCOVERY_S = 0.5  # how long a starting agent listens to statuses before it picks proposers
+PRUNE_EVERY_S = 60.0
+
+
+class SeenIds:
+    """A bounded memory of message ids, to drop duplicates after a reconnect or a bridge loop."""
+
+    def __init__(self, size: int = 20000):
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def first_time(self, msg_id: str) -> bool:
+        if msg_id in self._ids:
+            return False
+        self._ids[msg_id] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+        return True
+
+
+@dataclass
+class Stream:
+    """A streamed final aggregation: where its chunks go and how many went."""
+
+    route: ReplyRoute
+    index: int = 0
+
+
+class Agent:
+    def __init__(self, *, config: AgentConfig, engine: Engine, journal: Journal, admission: Admission,
+                 worker: InferenceWorker, transport_factory: TransportFactory, metrics: AgentMetrics | None = None,
+                 rng: random.Random | None = None):
+        self.config = config
+        self.device = config.agent.device_id
+        self.engine = engine
+        self.journal = journal
+        self.admission = admission
+        self.worker = worker
+        self.metrics = metrics
+        self.topics = Topics(config.mqtt.topic_root)
+        ha = config.home_assistant
+        self.discovery = DiscoveryAnnouncer(self.device, engine.model_id, __version__,
+                                            self.topics.status(self.device), prefix=ha.prefix) if ha.enabled else None
+        self.peers = PeerTable(self.device, config.agent.peer_timeout_s)
+        self.runs: dict[str, MoaRun] = {}
+        self.rng = rng or random.Random()
+        self.alpha_s: float | None = None
+        self.transport: Transport | None = None
+        self.replies: Replies | None = None
+        self._transport_factory = transport_factory
+        self._seen = SeenIds()
+        self._streams: dict[str, Stream] = {}
+        self._latencies: deque[float] = deque(maxlen=100)
+        self.counts = {"answered": 0, "failed": 0, "served": 0}
+        self._discovering = True
+        self._held: list[RawMessage] = []  # prompts that arrived during discovery: acknowledged when handled
+        self._intake: set[str] = set()  # request ids being tokenized for admission: a repeat counts as in flight
+        self.tokenizer: OffLoopTokenizer | None = None
+        self._started = time.monotonic()
+        self._last_prune = 0.0
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        moa = config.moa
+        self._timeouts = MoaTimeouts(ack_s=moa.ack_timeout_s, grace_s=moa.task_grace_s,
+                                     request_s=moa.request_timeout_s, max_redispatch=moa.max_redispatch)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        await self.start()
+        await self._stop.wait()
+        await self.shutdown()
+
+    async def start(self) -> None:
+        """Connect, subscribe, re-send unacknowledged replies; discovery ends DISCOVERY_S later."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.tokenizer = OffLoopTokenizer(self.engine.prompt_ids, self._loop)
+        hop = self._loop.call_soon_threadsafe
+        self.transport = self._transport_factory(
+            client_id=f"edge-moa-agent-{self.device}",
+            on_message=lambda m: hop(self._on_raw, m),
+            on_connection=lambda up: hop(self._on_connection, up),
+            on_published=lambda mid: hop(self._on_published, mid),
+            will=Will(topic=self.topics.status(self.device), payload=self._offline(), retain=True),
+            manual_ack=True,
+        )
+        self.replies = Replies(device=self.device, journal=self.journal, transport=self.transport,
+                               qos=self.config.mqtt.qos)
+        for topic in (self.topics.prompt(self.device), self.topics.my_inbox(self.device), self.topics.all_status()):
+            self.transport.subscribe(topic, self.config.mqtt.qos)
+        for topic in self.discovery.subscriptions() if self.discovery else []:
+            self.transport.subscribe(topic, 1)
+        await self._connect_with_retry()
+        self._publish_status()
+        self.replies.resend_unsent()
+        # Peers' retained statuses arrive right after subscribing: learn who is alive before choosing proposers.
+        self._loop.call_later(DISCOVERY_S, self._guarded, self._end_discovery)
+        self._periodic = [asyncio.create_task(self._every(self.config.agent.heartbeat_s, self._publish_status)),
+                          asyncio.create_task(self._every(TICK_S, self._tick))]
+        log.info("agent %s live (model %s, topic root %s)", self.device, self.engine.model_id, self.topics.root)
+
+    async def shutdown(self) -> None:
+        for task in self._periodic:
+            task.cancel()
+        self.transport.publish(self.topics.status(self.device), self._offline(), qos=1, retain=True)
+        await asyncio.sleep(0.1)
+        self.transport.close()
+        self.worker.close(timeout_s=0.5)
+        self.tokenizer.close()
+        self.journal.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+    def stop(self) -> None:
+        if self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    def _offline(self) -> bytes:
+        return encode(Status(device=self.device, online=False, version=__version__))
+
+    async def _connect_with_retry(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.transport.connect)
+                return
+            except TransportError as exc:
+                if not exc.retryable:
+                    raise
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.mqtt.reconnect_max_s)
+
+    async def _every(self, period_s: float, action: Callable[[], None]) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            self._guarded(action)
+
+    def _guarded(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception:  # a periodic job must never kill the agent
+            log.exception("%s failed", getattr(action, "__name__", action))
+
+    def _on_connection(self, up: bool) -> None:
+        if up:
+            self._guarded(self._publish_status)
+            if self.discovery is not None:  # Home Assistant device discovery, retained, on every connect
+                self._guarded(lambda: self._publish_all(self.discovery.on_connected()))
+
+    def _publish_all(self, publishes: list[Publish]) -> None:
+        for item in publishes:
+            self.transport.publish(item.topic, item.payload, qos=1, retain=item.retain)
+
+    def _on_published(self, mid: int) -> None:
+        self._guarded(lambda: self.replies.on_published(mid))
+
+    # ------------------------------------------------------------------ intake
+    def _on_raw(self, message: RawMessage) -> None:
+        """One message, one guard: nothing it contains reaches another message; it is acknowledged once."""
+        held = False
+        try:
+            held = self._route(message)
+        except ProtocolError as exc:
+            log.warning("bad message on %s: %s; payload %r", message.topic, exc, message.payload[:200])
+            self._refuse_unreadable(message, exc.code, str(exc))
+        except Exception as exc:  # contained: the agent must outlive any input
+            log.warning("handling a message on %s failed: %r; payload %r", message.topic, exc, message.payload[:200],
+                        exc_info=True)
+            self._refuse_unreadable(message, "internal", f"the agent could not handle this message: {exc!r}"[:300])
+        finally:
+            if not held:
+                self._ack(message)
+
+    def _ack(self, message: RawMessage) -> None:
+        try:
+            self.transport.ack(message)
+        except Exception:
+            log.exception("acknowledging a message on %s failed", message.topic)
+
+    def _route(self, message: RawMessage) -> bool:
+        """Handle a message; True when it is held (acknowledged later, when handled)."""
+        parsed = self.topics.parse(message.topic)
+        if parsed is None:
+            if self.discovery is not None:  # Home Assistant (re)started: its discovery config again
+                self._publish_all(self.discovery.on_message(message.topic, message.payload))
+            return False
+        device, kind, extra = parsed
+        if len(message.payload) > self.config.limits.max_payload_bytes:
+            self._reject_oversized(kind, device, message)
+        elif kind == "status":
+            self._on_status(device, message)
+        elif kind == "prompt" and device == self.device:
+            if self._discovering:
+                self._held.append(message)
+                return True
+            return self._on_prompt(message)
+        elif kind == "inbox" and device == self.device and extra:
+            return self._on_internal(extra, message)
+        return False
+
+    def _refuse_unreadable(self, message: RawMessage, code: str, text: str) -> None:
+        """An error reply for a prompt that failed before a route was fixed, if the message names one."""
+        parsed = self.topics.parse(message.topic)
+        if parsed is None or parsed[1] != "prompt" or parsed[0] != self.device:
+            return
+        try:
+            route = best_effort_route(message.payload, message.response_topic, message.correlation_data,
+                                      lambda rid: self.topics.answer(self.device, rid))
+            if route is not None:
+                self.replies.refuse(route, code, text)
+        except Exception:
+            log.exception("could not send the error for a message on %s", message.topic)
+
+    def _reject_oversized(self, kind: str, device: str, message: RawMessage) -> None:
+        limit = self.config.limits.max_payload_bytes
+        log.warning("refused %d-byte payload on %s (limit %d)", len(message.payload), message.topic, limit)
+        if kind == "prompt" and device == self.device:
+            route = best_effort_route(b"", message.response_topic, message.correlation_data,
+                                      lambda rid: self.topics.answer(self.device, rid))
+            if route:
+                self.replies.refuse(route, "too_large", f"payload of {len(message.payload)} bytes exceeds {limit}")
+
+    def _on_status(self, device: str, message: RawMessage) -> None:
+        if not message.payload:
+            return  # a retained status deleted
+        status = decode_status(message.payload)
+        if status.device != device:
+            raise ProtocolError(f"status for {status.device!r} published on {device!r}'s topic: not believed")
+        if device == self.device:
+            return
+        now = time.monotonic()
+        if message.retain and status.sent_at:
+            # A retained status may be old: count it as seen when it was sent, not when we got it.
+            now -= min(max(0.0, time.time() - status.sent_at), 10 * self.config.agent.peer_timeout_s)
+        if self.peers.update(status, now):
+            log.info("peer %s went offline", status.device)
+            for run in list(self.runs.values()):
+                self._execute(run, run.on_peer_gone(status.device, self._alive(), self.rng, time.monotonic()))
+
+    def _on_prompt(self, message: RawMessage) -> bool:
+        """Validate and route a prompt, then tokenize it off the loop; True: held until admission decides."""
+        try:
+            request = read_prompt(message, device=self.device, topics=self.topics, moa=self.config.moa,
+                                  limits=self.config.limits, received_at=time.time())
+            route = route_of(request)
+            if self._is_repeat(request, route, message):
+                return False
+            if not self._healthy():
+                raise Refusal(route, "unavailable", f"this agent's engine has not finished an inference for "
+                                                    f"{self.worker.busy_for_s():.0f}s; try another board")
+        except (ProtocolError, TooLargeError) as exc:
+            self._refuse_unroutable(message, exc)
+            return False
+        except Refusal as refusal:
+            self._refuse(refusal)
+            return False
+        generation = GenerationRequest(messages=(ChatMessage("user", request.prompt),),
+                                       max_new_tokens=request.max_new_tokens)
+        self._intake.add(request.request_id)
+        self.tokenizer.ids(generation.messages,
+                           then=lambda ids: self._admit_prompt(message, request, route, generation, ids),
+                           failed=lambda exc: self._intake_failed(message, request, route, exc))
+        return True
+
+    def _admit_prompt(self, message: RawMessage, request: UserRequest, route: ReplyRoute,
+                      generation: GenerationRequest, ids: tuple[int, ...]) -> None:
+        """Context, memory charge and the journal; only then the broker's acknowledgement, then the run."""
+        self._intake.discard(request.request_id)
+        try:
+            if len(ids) + request.max_new_tokens > self.engine.context_length:
+                raise Refusal(route, "too_large", f"prompt ({len(ids)} tokens) + max_new_tokens "
+                                                  f"({request.max_new_tokens}) exceed the model's context of "
+                                                  f"{self.engine.context_length} tokens")
+            if not self.admission.admits(self.admission.charge(generation, len(ids))):
+                raise Refusal(route, "queue_full", f"queue full ({self.admission.describe()}); try again later")
+            request = request.model_copy(update={"prompt_tokens": len(ids)})
+            if not self.journal.accept(request):
+                raise Refusal(route, "invalid_request", f"request_id {request.request_id} was already accepted")
+        except Refusal as refusal:
+            self._refuse(refusal)
+            self._ack(message)
+            return
+        self._ack(message)
+        run = self._new_run(request, remaining_s=request.deadline_at - request.received_at)
+        self.runs[request.request_id] = run
+        if request.stream:
+            self._streams[request.request_id] = Stream(route)
+        log.info("accepted %s: M=%d k=%d", request.request_id, request.layers, request.proposers)
+        self._execute(run, run.start(self._alive(), self.rng, time.monotonic()))
+
+    def _intake_failed(self, message: RawMessage, request: UserRequest, route: ReplyRoute, exc: Exception) -> None:
+        """Tokenizing or admitting this prompt failed: one error, unless it was accepted (then its run answers)."""
+        self._intake.discard(request.request_id)
+        log.warning("admitting %s failed: %r", request.request_id, exc, exc_info=exc)
+        if request.request_id not in self.runs and not self.journal.in_progress(request.request_id):
+            code = exc.code if isinstance(exc, InferenceError) else "internal"
+            self.replies.refuse(route, code, f"the agent could not admit this prompt: {exc}"[:300])
+        self._ack(message)
+
+    def _refuse(self, refusal: Refusal) -> None:
+        log.warning("refused prompt %s: %s", refusal.route.request_id, refusal.message)
+        self._observe("observe_refusal", refusal.code)
+        self.replies.refuse(refusal.route, refusal.code, refusal.message)
+
+    def _refuse_unroutable(self, message: RawMessage, exc: ProtocolError | TooLargeError) -> None:
+        route = best_effort_route(message.payload, message.response_topic, message.correlation_data,
+                                  lambda rid: self.topics.answer(self.device, rid))
+        log.warning("refused prompt (%s): %s; payload %r", exc.code, exc, message.payload[:200])
+        self._observe("observe_refusal", exc.code)
+        if route:
+            self.replies.refuse(route, exc.code, str(exc))
+
+    def _is_repeat(self, request: UserRequest, route: ReplyRoute, message: RawMessage) -> bool:
+        """A request id seen before: in flight -> nothing more (its one answer comes); finished -> the stored
+        answer again on this route, unless the broker merely re-delivered the very message we answered."""
+        rid = request.request_id
+        if rid in self.runs or rid in self._intake or self.journal.in_progress(rid):
+            log.info("request %s repeated while in progress: its answer will come once", rid)
+            return True
+        stored = self.journal.reply(rid)
+        if stored is None:
+            return False
+        if message.dup and stored.sent:
+            log.info("request %s re-delivered by the broker after it was answered: not answered twice", rid)
+        elif stored.sent:
+            log.info("request %s repeated after it finished: the stored answer again", rid)
+            self.replies.repeat(route, stored.payload)
+        else:
+            log.info("request %s repeated: its stored answer is on its way", rid)
+        return True
+
+    def _on_internal(self, sender: str, message: RawMessage) -> bool:
+        """An agent-to-agent message; True when it is held (a task: acknowledged once admission decided)."""
+        msg = decode_internal(message.payload)
+        if msg.sender != sender:
+            raise ProtocolError(f"sender {msg.sender!r} does not match its topic's {sender!r}")
+        if sender == self.device:
+            raise ProtocolError("a message in our inbox claims to come from ourselves")
+        if not self._seen.first_time(msg.msg_id):
+            log.debug("duplicate message %s dropped", msg.msg_id)
+            return False
+        now = time.monotonic()
+        if isinstance(msg, TaskMessage):
+            return self._on_task(msg, message)
+        run = self.runs.get(msg.request_id)
+        if run is None:
+            log.debug("%s for unknown or finished request %s ignored", msg.type, msg.request_id)
+            return False
+        if isinstance(msg, TaskAckMessage):
+            self.peers.note_queue(msg.sender, msg.queue_length)
+            actions = run.on_ack(sender, msg.task_id, msg.accepted, msg.reason, msg.eta_s, self._alive(), self.rng,
+                                 now)
+        else:
+            actions = run.on_result(sender, msg.task_id, msg.text, msg.error, msg.inference_s, self._alive(),
+                                    self.rng, now, new_tokens=msg.new_tokens if msg.text is not None else None)
+        self._execute(run, actions)
+        return False
+
+    def _on_task(self, task: TaskMessage, message: RawMessage) -> bool:
+        """A peer's task: tokenized off the loop, then admitted or refused; the ack tells the peer which."""
+        generation = GenerationRequest(
+            messages=tuple(ChatMessage(m.role, m.content) for m in task.messages),
+            max_new_tokens=min(task.max_new_tokens, self.config.moa.max_new_tokens_limit),
+            temperature=task.temperature, seed=self.config.engine.seed,
+        )
+        if not self._healthy():
+            self._answer_task(task, "unhealthy")
+            return False
+
+        def admit(ids: tuple[int, ...]) -> None:
+            charge = self.admission.charge(generation, len(ids))
+            reason = None
+            if len(ids) + generation.max_new_tokens > self.engine.context_length:
+                reason = "too_large"
+            elif not self.admission.admits(charge):
+                reason = "busy"
+            else:
+                self._submit(QueuedTask(task_id=task.task_id, request_id=task.request_id, layer=task.layer,
+                                        origin=task.sender, generation=replace(generation, prompt_ids=ids),
+                                        charge_bytes=charge, enqueued_at=time.monotonic()))
+            self._answer_task(task, reason)
+            self._ack(message)
+
+        def failed(exc: Exception) -> None:
+            log.warning("task %s from %s could not be admitted: %r", task.task_id, task.sender, exc)
+            self._answer_task(task, "invalid_request")
+            self._ack(message)
+
+        self.tokenizer.ids(generation.messages, then=admit, failed=failed)
+        return True
+
+    def _answer_task(self, task: TaskMessage, reason: str | None) -> None:
+        if reason is not None:
+            log.info("refused task %s from %s: %s", task.task_id, task.sender, reason)
+            self._observe("observe_refusal", reason)
+        ack = TaskAckMessage(sender=self.device, request_id=task.request_id, layer=task.layer, task_id=task.task_id,
+                             accepted=reason is None, reason=reason, queue_length=len(self.admission.ledger),
+                             eta_s=min(self._eta_s(), 86400.0))
+        self._send_internal(task.sender, ack)
+
+    # ------------------------------------------------------------------ decisions carried out
+    def _execute(self, run: MoaRun, actions: list) -> None:
+        """Carry out a run's actions. If one fails, the run ends with one `internal` error (its one reply)."""
+        for action in actions:
+            try:
+                self._carry_out(run, action)
+            except Exception as exc:
+                log.exception("request %s: %s failed", run.request.request_id, type(action).__name__)
+                if run.request.request_id in self.runs and not isinstance(action, Finish):
+                    run.finished = True
+                    self._finish(run, Finish(response=None, inferences=0, trace=tuple(run.trace),
+                                             error=ErrorBody(code="internal", message=f"agent failure: {exc!r}"[:300])))
+                return
+
+    def _carry_out(self, run: MoaRun, action) -> None:
+        if isinstance(action, SendTask):
+            self.peers.note_sent(action.device)
+            self._send_internal(action.device, action.task)
+        elif isinstance(action, RunLocal):
+            self._enqueue_own(action.task)
+        elif isinstance(action, LayerDone):
+            self.journal.checkpoint(run.request.request_id, action.next_layer, list(action.answers),
+                                    list(action.trace))
+        elif isinstance(action, Finish):
+            self._finish(run, action)
+
+    def _enqueue_own(self, task: TaskMessage) -> None:
+        """Our own share of a layer (admitted with its prompt): tokenized off the loop, or remembered from
+        admission for layer 1; a failure ends that slot with an error, like a failed inference."""
+        generation = GenerationRequest(
+            messages=tuple(ChatMessage(m.role, m.content) for m in task.messages),
+            max_new_tokens=task.max_new_tokens, temperature=task.temperature, seed=self.config.engine.seed,
+        )
+
+        def submit(ids: tuple[int, ...]) -> None:
+            if task.request_id not in self.runs:
+                return  # the request ended meanwhile
+            self._submit(QueuedTask(task_id=task.task_id, request_id=task.request_id, layer=task.layer,
+                                    origin=self.device, generation=replace(generation, prompt_ids=ids),
+                                    charge_bytes=self.admission.charge(generation, len(ids)),
+                                    enqueued_at=time.monotonic()))
+
+        def failed(exc: Exception) -> None:
+            run = self.runs.get(task.request_id)
+            if run is not None:
+                error = ErrorBody(code=getattr(exc, "code", "internal"), message=f"{exc}"[:300])
+                self._execute(run, run.on_result(self.device, task.task_id, None, error, 0.0, self._alive(),
+                                                 self.rng, time.monotonic()))
+
+        self.tokenizer.ids(generation.messages, then=submit, failed=failed)
+
+    def _finish(self, run: MoaRun, finish: Finish) -> None:
+        request = run.request
+        self.runs.pop(request.request_id, None)
+        self._streams.pop(request.request_id, None)
+        route = route_of(request)
+        if finish.error is not None:
+            self.counts["failed"] += 1
+            self._observe("observe_failure", finish.error.code)
+            log.warning("request %s failed: %s", request.request_id, finish.error.message)
+            self.replies.finish(route, error_payload(self.device, route, finish.error.code, finish.error.message))
+            return
+        answer = Answer(
+            request_id=request.request_id, device=self.device, response=finish.response or "",
+            layers=request.layers, proposers=request.proposers,
+            latency_s=round(max(0.0, time.time() - request.received_at), 4),
+            inferences=finish.inferences, trace=list(finish.trace), usage=usage_of(request, finish),
+        )
+        self.counts["answered"] += 1
+        self._latencies.append(answer.latency_s)
+        self._observe("observe_answer", answer.latency_s, request.layers, request.proposers)
+        log.info("answered %s in %.2fs (%d inferences)", request.request_id, answer.latency_s, answer.inferences)
+        self.replies.finish(route, encode(answer))
+
+    def _send_internal(self, device: str, message) -> None:
+        self.transport.publish(self.topics.inbox(device, self.device), encode(message), qos=self.config.mqtt.qos)
+
+    # ------------------------------------------------------------------ inference
+    def _submit(self, task: QueuedTask) -> None:
+        """Charge the task and hand it to the inference worker; its outcome comes back to this loop."""
+        self.admission.add(task)
+        hop = self._loop.call_soon_threadsafe
+        on_delta = None
+        stream = self._streams.get(task.request_id) if task.origin == self.device else None
+        if stream is not None and task.layer > self.runs[task.request_id].request.layers:  # the final aggregation
+            on_delta = lambda text, rid=task.request_id, tid=task.task_id: hop(self._on_delta, rid, tid, text)
+        try:
+            self.worker.submit(Job(key=task.task_id, request=task.generation,
+                                   on_done=lambda outcome, task=task: hop(self._on_done, task, outcome),
+                                   on_delta=on_delta))
+        except Exception:
+            self.admission.release(task.task_id)
+            raise
+
+    def _on_delta(self, request_id: str, task_id: str, text: str) -> None:
+        stream = self._streams.get(request_id)
+        run = self.runs.get(request_id)
+        if stream is None or run is None or not text or not any(s.task_id == task_id for s in run.slots):
+            return  # the request finished, or this task is no longer its aggregation's
+        self._guarded(lambda: self.replies.chunk(stream.route, stream.index, text))
+        stream.index += 1
+
+    def _on_done(self, task: QueuedTask, outcome: Generation | Exception) -> None:
+        """One task's outcome; guarded alone, so a failure here never leaks another task's charge."""
+        if self.admission.release(task.task_id) is None:
+            return  # already settled
+        self.counts["served"] += 1
+        self._observe("task_served", task.origin != self.device)
+        if isinstance(outcome, Generation):
+            self._observe("observe_inference", outcome.seconds, outcome.new_tokens, getattr(outcome, "batch_size", 1))
+        try:
+            self._complete(task, outcome)
+        except Exception:
+            log.exception("completing task %s of %s failed", task.task_id, task.request_id)
+
+    def _complete(self, task: QueuedTask, outcome: Generation | Exception) -> None:
+        text, error, seconds, new_tokens = None, None, 0.0, 0
+        if isinstance(outcome, Generation):
+            text, seconds, new_tokens = outcome.text, outcome.seconds, outcome.new_tokens
+            # a batch of b served b tasks in one wall time: alpha per task (DESIGN sec. 4)
+            per_task = seconds / max(1, getattr(outcome, "batch_size", 1))
+            self.alpha_s = per_task if self.alpha_s is None else 0.8 * self.alpha_s + 0.2 * per_task
+        elif isinstance(outcome, InferenceError):
+            error = ErrorBody(code=outcome.code, message=str(outcome))
+        else:
+            log.error("inference failed: %r", outcome)
+            error = ErrorBody(code="inference_failed", message=f"{type(outcome).__name__}: {outcome}"[:500])
+        if task.origin == self.device:
+            run = self.runs.get(task.request_id)
+            if run is not None:
+                self._execute(run, run.on_result(self.device, task.task_id, text, error, seconds, self._alive(),
+                                                 self.rng, time.monotonic(), new_tokens=new_tokens))
+            return
+        result_msg = ResultMessage(sender=self.device, request_id=task.request_id, layer=task.layer,
+                                   task_id=task.task_id, text=text, error=error,
+                                   inference_s=round(min(seconds, 86400.0), 4), new_tokens=new_tokens)
+        self._send_internal(task.origin, result_msg)
+
+    # ------------------------------------------------------------------ helpers
+    def _new_run(self, request: UserRequest, *, remaining_s: float, **progress) -> MoaRun:
+        moa = self.config.moa
+        cost = None
+        if moa.peer_policy == "speed-aware":
+            cost = lambda device: self.peers.expected_wait_s(device, self.alpha_s or 1.0)
+        run = MoaRun(request=request, self_id=self.device, system_prompt=moa.system_prompt,
+                     timeouts=self._timeouts, peer_cost=cost, peer_candidates=max(moa.peer_candidates, 1),
+                     local_eta=self._local_eta_s, **progress)
+        run.request_deadline = time.monotonic() + remaining_s
+        return run
+
+    def _alive(self) -> list[str]:
+        return self.peers.alive(time.monotonic())
+
+    def _healthy(self) -> bool:
+        return self.worker.busy_for_s() < self.config.engine.hang_timeout_s
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for run in list(self.runs.values()):
+            try:
+                self._execute(run, run.on_tick(self._alive(), self.rng, now))
+            except Exception:  # one run's failure must not stop the others' clocks
+                log.exception("tick of request %s failed", run.request.request_id)
+        if now - self._last_prune > PRUNE_EVERY_S:
+            self._last_prune = now
+            self.journal.prune()
+
+    def _eta_s(self) -> float:
+        """What we tell a peer: when a task it sends now would be done."""
+        return (len(self.admission.ledger) + 1) * (self.alpha_s or 1.0)
+
+    def _local_eta_s(self) -> float:
+        """Our own slot's estimate; before the first inference only the hang timeout bounds it."""
+        return (len(self.admission.ledger) + 1) * (self.alpha_s or self.config.engine.hang_timeout_s)
+
+    def _end_discovery(self) -> None:
+        self._discovering = False
+        self._resume_journal()
+        held, self._held = self._held, []
+        for message in held:
+            self._on_raw(message)  # each in its own guard, acknowledged when handled
+
+    def _resume_journal(self) -> None:
+        for entry in self.journal.unfinished():
+            try:
+                if isinstance(entry, UnreadableEntry):
+                    self._answer_unreadable(entry)
+                else:
+                    self._resume(entry)
+            except Exception:  # one bad row must not keep the others from resuming
+                log.exception("resuming journaled request %s failed", getattr(entry, "request_id", "?"))
+
+    def _resume(self, entry: JournalEntry) -> None:
+        request = entry.request
+        deadline = request.deadline_at or request.received_at + self.config.moa.request_timeout_s
+        if deadline <= time.time():
+            log.warning("journaled request %s passed its deadline while the agent was down", request.request_id)
+            self.counts["failed"] += 1
+            route = route_of(request)
+            self.replies.finish(route, error_payload(self.device, route, "timeout",
+                                                     "the request's deadline passed while its agent was down"))
+            return
+        run = self._new_run(request, remaining_s=deadline - time.time(), layer=entry.layer,
+                            previous=list(entry.answers), trace=list(entry.trace))
+        self.runs[request.request_id] = run
+        if request.stream:
+            self._streams[request.request_id] = Stream(route_of(request))
+        log.info("resuming journaled request %s at layer %d (%.0fs left)", request.request_id, entry.layer,
+                 deadline - time.time())
+        self._execute(run, run.start(self._alive(), self.rng, time.monotonic()))
+
+    def _answer_unreadable(self, entry: UnreadableEntry) -> None:
+        """A journaled prompt this version cannot read: an error on its route, so it is not left unanswered."""
+        log.warning("journaled request %s unreadable (%s): answering with an error", entry.request_id, entry.problem)
+        data = load_json(entry.raw, "journaled request")
+        topic = data.get("reply_topic") if isinstance(data, dict) else None
+        route = ReplyRoute(topic=topic or self.topics.answer(self.device, entry.request_id),
+                           correlation_data=data.get("correlation_data") if isinstance(data, dict) else None,
+                           request_id=entry.request_id)
+        self.counts["failed"] += 1
+        self.replies.finish(route, error_payload(self.device, route, "internal",
+                                                 "this prompt was accepted by another version of the agent that "
+                                                 "could not resume it; please send it again"))
+
+    def status(self) -> Status:
+        reading = self.admission.memory.read()
+        return Status(
+            device=self.device, online=True, model_id=self.engine.model_id,
+            alpha_s=round(self.alpha_s, 4) if self.alpha_s else None, queue_length=len(self.admission.ledger),
+            queue_bytes=self.admission.ledger.bytes, queue_cap_bytes=self.admission.cap(reading),
+            memory_available_bytes=reading.available_bytes, busy=self.worker.running > 0, healthy=self._healthy(),
+            version=__version__, uptime_s=round(time.monotonic() - self._started, 1),
+            heartbeat_s=self.config.agent.heartbeat_s,
+            latency_p50_s=round(statistics.median(self._latencies), 3) if self._latencies else None,
+            sent_at=time.time(), **self.counts,
+        )
+
+    def _publish_status(self) -> None:
+        if self.transport is None:
+            return
+        status = self.status()
+        self.transport.publish(self.topics.status(self.device), encode(status), qos=1, retain=True)
+        if self.metrics is not None:
+            rows = self.journal.counts()
+            self.metrics.set_state(queue_length=status.queue_length, queue_bytes=status.queue_bytes,
+                                   queue_cap_bytes=status.queue_cap_bytes, alpha_s=status.alpha_s,
+                                   peers_alive=len(self._alive()), journal_rows=rows["prompts"] + rows["stored_replies"],
+                                   memory_available_bytes=status.memory_available_bytes)
+
+    def _observe(self, method: str, *args) -> None:
+        """Metrics never decide anything: a failing observation is logged and forgotten."""
+        if self.metrics is not None:
+            try:
+                getattr(self.metrics, method)(*args)
+            except Exception:
+                log.exception("metrics %s failed", method)
+
+
+def usage_of(request: UserRequest, finish: Finish) -> Usage:
+    entries = [e for layer in finish.trace for e in layer.answered]
+    completion = (finish.trace[-1].answered[0].new_tokens or 0) if finish.trace and finish.trace[-1].answered else 0
+    prompt = request.prompt_tokens or 0
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                 generated_tokens=sum(e.new_tokens or 0 for e in entries))
+
+
+def route_of(request: UserRequest) -> ReplyRoute:
+    return ReplyRoute(topic=request.reply_topic, correlation_data=request.correlation_data,
+                      request_id=request.request_id)
+
+
+__all__ = ["Agent", "EdgeMoaError", "route_of"]

@@ -1,0 +1,261 @@
+"""The MoA state of one prompt as pure code: which agents get which prompt in which layer, and what comes next.
+
+The agent loop feeds events in (`start`, `on_ack`, `on_result`, `on_tick`) and carries out the actions that
+come back (`SendTask`, `RunLocal`, `LayerDone`, `Finish`). No I/O and no clock: time comes in as `now`, peer
+choice draws from the `rng` passed in; only task ids are fresh random ids.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..wire.messages import (
+    ErrorBody,
+    LayerTrace,
+    TaskMessage,
+    TraceEntry,
+    UserRequest,
+    WireChatMessage,
+    new_id,
+)
+from .peers import choose_peers
+
+# ---------------------------------------------------------------- prompts
+
+
+def proposal_messages(prompt: str, system_prompt: str, previous: Sequence[str]) -> list[WireChatMessage]:
+    """Layer 1: the user's prompt alone. Later layers and the final aggregation: the prompt under the
+    synthesis system prompt with the previous layer's answers appended (as in the paper's `dmoa.py`)."""
+    if not previous:
+        return [WireChatMessage(role="user", content=prompt)]
+    return [
+        WireChatMessage(role="system", content=synthesis_text(system_prompt, previous)),
+        WireChatMessage(role="user", content=prompt),
+    ]
+
+
+def synthesis_text(system_prompt: str, answers: Sequence[str]) -> str:
+    return system_prompt + "".join(f"\n\nResponse-{i}: {answer}" for i, answer in enumerate(answers, 1))
+
+
+def inferences_per_prompt(layers: int, proposers: int) -> int:
+    """The paper's cost of one prompt: (k+1) answers in each of M layers, plus the final aggregation."""
+    return (proposers + 1) * layers + 1
+
+
+# ---------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class SendTask:
+    device: str
+    task: TaskMessage
+
+
+@dataclass(frozen=True)
+class RunLocal:
+    task: TaskMessage  # run on this agent's own queue, admitted unconditionally (the prompt already was)
+
+
+@dataclass(frozen=True)
+class LayerDone:
+    """A checkpoint for the journal: the next layer starts from these answers."""
+
+    next_layer: int
+    answers: tuple[str, ...]
+    trace: tuple[LayerTrace, ...]
+
+
+@dataclass(frozen=True)
+class Finish:
+    response: str | None
+    inferences: int
+    trace: tuple[LayerTrace, ...]
+    error: ErrorBody | None = None
+
+
+Action = SendTask | RunLocal | LayerDone | Finish
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass
+class Slot:
+    """One proposer position of a layer; it may move from peer to peer when one fails."""
+
+    device: str
+    task_id: str
+    state: str = "waiting_ack"  # waiting_ack | running | done | failed
+    deadline: float | None = None
+    answer: str | None = None
+    inference_s: float | None = None
+    new_tokens: int | None = None
+    moves: int = 0
+
+
+@dataclass
+class MoaTimeouts:
+    ack_s: float = 3.0
+    grace_s: float = 15.0
+    request_s: float = 900.0
+    eta_factor: float = 1.5
+    max_redispatch: int = 2
+
+
+@dataclass
+class MoaRun:
+    request: UserRequest
+    self_id: str
+    system_prompt: str
+    timeouts: MoaTimeouts = field(default_factory=MoaTimeouts)
+    layer: int = 1
+    previous: list[str] = field(default_factory=list)
+    trace: list[LayerTrace] = field(default_factory=list)
+    slots: list[Slot] = field(default_factory=list)
+    dropped: list[TraceEntry] = field(default_factory=list)
+    finished: bool = False
+    request_deadline: float | None = None
+    peer_cost: Callable[[str], float] | None = None  # None: uniform choice (the paper); else lowest cost of d
+    peer_candidates: int = 0
+    local_eta: Callable[[], float] | None = None  # when our own queue would finish a task sent now (seconds)
+    _task_slots: dict[str, Slot] = field(default_factory=dict)
+
+    @property
+    def aggregating(self) -> bool:
+        return self.layer > self.request.layers
+
+    # -- events --
+    def start(self, alive: Sequence[str], rng: random.Random, now: float) -> list[Action]:
+        """Begin (or, after a restart, resume) at `self.layer` with `self.previous` answers."""
+        if self.request_deadline is None:
+            self.request_deadline = now + self.timeouts.request_s
+        self.slots, self.dropped, self._task_slots = [], [], {}
+        peers = [] if self.aggregating else self._choose(alive, self.request.proposers, rng, {self.self_id})
+        actions: list[Action] = []
+        for device in [self.self_id, *peers]:
+            actions.append(self._dispatch(Slot(device=device, task_id=new_id()), now))
+        return actions
+
+    def on_ack(self, sender: str, task_id: str, accepted: bool, reason: str | None, eta_s: float,
+               alive: Sequence[str], rng: random.Random, now: float) -> list[Action]:
+        slot = self._current_slot(sender, task_id)
+        if slot is None or slot.state != "waiting_ack" or self.finished:
+            return []
+        if accepted:
+            slot.state = "running"
+            slot.deadline = now + max(eta_s, 0.0) * self.timeouts.eta_factor + self.timeouts.grace_s
+            return []
+        self.dropped.append(TraceEntry(device=slot.device, outcome="busy", detail=reason))
+        return self._move_or_fail(slot, alive, rng, now)
+
+    def on_result(self, sender: str, task_id: str, text: str | None, error: ErrorBody | None, inference_s: float,
+                  alive: Sequence[str], rng: random.Random, now: float, *, new_tokens: int | None = None
+                  ) -> list[Action]:
+        slot = self._current_slot(sender, task_id)
+        if slot is None or slot.state in ("done", "failed") or self.finished:
+            return []  # late, duplicate, or from someone else: the slot has moved on
+        if error is not None:
+            if slot.device == self.self_id:
+                return self._finish_error(error)
+            self.dropped.append(TraceEntry(device=slot.device, outcome="error", detail=error.code))
+            return self._move_or_fail(slot, alive, rng, now)
+        slot.state, slot.answer, slot.inference_s, slot.new_tokens = "done", text or "", inference_s, new_tokens
+        return self._advance_if_complete(alive, rng, now)
+
+    def on_tick(self, alive: Sequence[str], rng: random.Random, now: float) -> list[Action]:
+        if self.finished:
+            return []
+        if self.request_deadline is not None and now >= self.request_deadline:
+            return self._finish_error(ErrorBody(
+                code="timeout", message=f"no answer within {self.timeouts.request_s:.0f}s (layer {self.layer})"))
+        actions: list[Action] = []
+        for slot in list(self.slots):
+            if slot.state in ("waiting_ack", "running") and slot.deadline is not None and now >= slot.deadline:
+                outcome = "ack_timeout" if slot.state == "waiting_ack" else "result_timeout"
+                self.dropped.append(TraceEntry(device=slot.device, outcome=outcome))
+                actions += self._move_or_fail(slot, alive, rng, now)
+        return actions
+
+    def on_peer_gone(self, device: str, alive: Sequence[str], rng: random.Random, now: float) -> list[Action]:
+        """A peer's will arrived: its slots move on now instead of waiting for their deadline."""
+        actions: list[Action] = []
+        for slot in list(self.slots):
+            if slot.device == device and slot.state in ("waiting_ack", "running"):
+                self.dropped.append(TraceEntry(device=device, outcome="unreachable"))
+                actions += self._move_or_fail(slot, alive, rng, now)
+        return actions
+
+    # -- internals --
+    def _current_slot(self, sender: str, task_id: str) -> Slot | None:
+        """The slot whose current task this is, if `sender` is the agent that task was sent to."""
+        slot = self._task_slots.get(task_id)
+        if slot is None or slot.task_id != task_id or slot.device != sender:
+            return None
+        return slot
+
+    def _choose(self, alive: Sequence[str], k: int, rng: random.Random, exclude: set[str]) -> list[str]:
+        return choose_peers(alive, k, rng, exclude=exclude, cost=self.peer_cost, candidates=self.peer_candidates)
+
+    def _task(self, task_id: str) -> TaskMessage:
+        messages = proposal_messages(self.request.prompt, self.system_prompt, self.previous)
+        return TaskMessage(
+            sender=self.self_id, request_id=self.request.request_id, layer=self.layer, task_id=task_id,
+            messages=messages, max_new_tokens=self.request.max_new_tokens, temperature=self.request.temperature,
+        )
+
+    def _dispatch(self, slot: Slot, now: float) -> Action:
+        if slot not in self.slots:
+            self.slots.append(slot)
+        self._task_slots[slot.task_id] = slot
+        task = self._task(slot.task_id)
+        if slot.device == self.self_id:
+            # our own queue: no ack; a deadline as for a peer, so a hung engine cannot hold the request forever
+            eta = self.local_eta() if self.local_eta else None
+            slot.state = "running"
+            slot.deadline = None if eta is None else now + eta * self.timeouts.eta_factor + self.timeouts.grace_s
+            return RunLocal(task=task)
+        slot.state, slot.deadline = "waiting_ack", now + self.timeouts.ack_s
+        return SendTask(device=slot.device, task=task)
+
+    def _move_or_fail(self, slot: Slot, alive: Sequence[str], rng: random.Random, now: float) -> list[Action]:
+        used = {self.self_id, slot.device} | {s.device for s in self.slots} | {d.device for d in self.dropped}
+        replacement = self._choose(alive, 1, rng, used) if slot.moves < self.timeouts.max_redispatch else []
+        if replacement:
+            slot.device, slot.task_id, slot.moves = replacement[0], new_id(), slot.moves + 1
+            return [self._dispatch(slot, now)]
+        slot.state, slot.deadline = "failed", None
+        return self._advance_if_complete(alive, rng, now)
+
+    def _advance_if_complete(self, alive: Sequence[str], rng: random.Random, now: float) -> list[Action]:
+        if any(s.state not in ("done", "failed") for s in self.slots):
+            return []
+        answered = [s for s in self.slots if s.state == "done"]
+        self.trace.append(LayerTrace(
+            layer=self.layer, kind="aggregate" if self.aggregating else "propose",
+            answered=[TraceEntry(device=s.device, outcome="ok", inference_s=s.inference_s, new_tokens=s.new_tokens)
+                      for s in answered],
+            dropped=list(self.dropped),
+            requested=1 if self.aggregating else self.request.proposers + 1,
+        ))
+        inferences = sum(len(t.answered) for t in self.trace)
+        if not answered:  # every slot failed: nothing to go on with
+            last = self.dropped[-1].outcome if self.dropped else "error"
+            code = "timeout" if last.endswith("timeout") else "no_peers" if last in ("busy", "unreachable") else \
+                "inference_failed"
+            return self._finish_error(ErrorBody(code=code, message=f"no agent answered layer {self.layer} "
+                                                                   f"(last: {last})"))
+        if self.aggregating:
+            self.finished = True
+            return [Finish(response=answered[0].answer or "", inferences=inferences, trace=tuple(self.trace))]
+        self.previous = [s.answer or "" for s in answered]
+        self.layer += 1
+        checkpoint = LayerDone(next_layer=self.layer, answers=tuple(self.previous), trace=tuple(self.trace))
+        return [checkpoint, *self.start(alive, rng, now)]
+
+    def _finish_error(self, error: ErrorBody) -> list[Action]:
+        self.finished = True
+        return [Finish(response=None, inferences=sum(len(t.answered) for t in self.trace),
+                       trace=tuple(self.trace), error=error)]

@@ -1,0 +1,68 @@
+"""Best-of-n by a judge, offline: per instruction, a knockout over n answers files (each pair in both orders).
+What an agent-side `moa.aggregation = select` could gain, measured before anyone builds it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .outputs import read_outputs, read_stats
+from .progress import Progress
+from .scorer import Scorer
+from .verdicts import Pair, judge_pair
+
+log = logging.getLogger(__name__)
+
+
+def select_best(scorer: Scorer, candidates: list[Path], out: Path, *, max_output_chars: int = 6000) -> int:
+    """Writes `out` (AlpacaEval format, generator = out's stem) and `out.stats.jsonl` (which candidate won, the
+    candidates' summed latency and board seconds, the ranker's seconds). Resumable: instructions already in
+    the stats file are kept. Returns how many instructions were selected."""
+    files = [{r["instruction"]: r for r in read_outputs(path)} for path in candidates]
+    stats = [read_stats(path) for path in candidates]
+    common = [i for i in files[0] if all(i in f for f in files[1:])]
+    stats_path = out.with_suffix(".stats.jsonl")
+    done = {}
+    if stats_path.is_file():
+        for line in stats_path.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line)
+            done[entry["instruction"]] = entry
+    rows: dict[str, dict] = {}
+    progress = Progress(out.stem, len(common), already=sum(i in done for i in common))
+    try:
+        for instruction in common:
+            if instruction in done:
+                rows[instruction] = dict(files[done[instruction]["picked"]][instruction], generator=out.stem)
+                continue
+            best, ranker_s = 0, 0.0
+            for challenger in range(1, len(files)):
+                a, b = files[best][instruction]["output"], files[challenger][instruction]["output"]
+                if a == b:
+                    continue
+                verdict = judge_pair(scorer, Pair(instruction, a, b), max_output_chars=max_output_chars)
+                ranker_s += verdict["seconds"]
+                if verdict["preference"] < 0.5:
+                    best = challenger
+            entry = {"instruction": instruction, "picked": best, "ranker_s": round(ranker_s, 3),
+                     "ranker": scorer.name}
+            for key, combine in (("latency_s", max), ("board_s", sum), ("inferences", sum)):
+                values = [s[instruction].get(key) for s in stats if instruction in s]
+                if len(values) == len(files) and all(isinstance(v, (int, float)) for v in values):
+                    # candidates as proposals asked in parallel on n boards: wall time is the slowest one's
+                    entry[key] = round(combine(values), 3)
+            with open(stats_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            rows[instruction] = dict(files[best][instruction], generator=out.stem)
+            _write(out, [rows[i] for i in common if i in rows])
+            progress.step()
+    finally:
+        progress.close()
+    _write(out, [rows[i] for i in common if i in rows])
+    return len(rows)
+
+
+def _write(out: Path, rows: list[dict]) -> None:
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(out)

@@ -1,0 +1,1 @@
+"""A mesh on one machine: LocalMesh, the demo, the chaos scenarios."""

@@ -1,0 +1,1 @@
+"""MQTT: the transport protocol, its paho and in-memory implementations, broker processes, the user-side client."""

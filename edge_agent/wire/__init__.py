@@ -1,0 +1,1 @@
+"""Wire messages and topics: validated, frozen, versioned values; no paho."""
