@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,8 +55,11 @@ class Engine(Protocol):
         decoding beside a long one holds the long one's length: InferenceWorker.kv_bytes says what is held now."""
         ...
 
-    def generate(self, request: GenerationRequest) -> Generation:
-        """Raises TooLargeError when prompt + max_new_tokens exceed the context, InferenceError otherwise."""
+    def generate(
+        self, request: GenerationRequest, on_delta: Callable[[str], None] | None = None
+    ) -> Generation:
+        """Raises TooLargeError when prompt + max_new_tokens exceed the context, InferenceError otherwise.
+        Engines with `streams = True` call `on_delta(text)` on this thread with pieces that join to the text."""
         ...
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[Generation | Exception]:
@@ -67,6 +71,10 @@ class Engine(Protocol):
         `seconds` is the wall time of the whole call. Greedy results equal what `generate` returns.
         """
         ...
+
+    # Engines with `continuous = True` also have `open_batch(max_rows=...)`: a batch to `add(request, tag=...,
+    # on_delta=...)` to between `step()`s, each step returning [(tag, Generation | InferenceError)] of the rows that
+    # finished in it (OnnxBatch, SyntheticBatch); InferenceWorker serves through it.
 
     def warm_up(self) -> None: ...
 

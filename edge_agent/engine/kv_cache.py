@@ -29,7 +29,7 @@ class RowKvCache:
         self._graph = graph
         self._shape = (max_rows, num_kv_heads, 0, head_dim)
         self._arrays: list[np.ndarray] = []
-        self._bindings: dict[int, object] = {}  # rows -> binding of the rows [0, rows)
+        self._bindings: dict[int, tuple] = {}  # rows -> (binding of the rows [0, rows), its logits buffer)
 
     @property
     def capacity(self) -> int:
@@ -80,9 +80,11 @@ class RowKvCache:
     def decode(self, tokens: list[int], lengths: list[int]) -> np.ndarray:
         """One step for rows [0, len(tokens)): `tokens[r]` goes to slot `lengths[r]` of row r; logits (rows, vocab)."""
         rows = len(tokens)
-        binding = self._bindings.get(rows)
-        if binding is None:
-            binding = self._bindings[rows] = self._graph.bind_kv([array[:rows] for array in self._arrays])
+        bound = self._bindings.get(rows)
+        if bound is None:
+            binding = self._graph.bind_kv([array[:rows] for array in self._arrays])
+            bound = self._bindings[rows] = (binding, self._graph.logits_buffer(binding, rows))
+        binding, buffer = bound
         width = max(lengths) + 1
         mask = (np.arange(width)[None, :] <= np.asarray(lengths)[:, None]).astype(np.int64)
         logits = self._graph.run_bound(
@@ -90,6 +92,7 @@ class RowKvCache:
             np.asarray(tokens, dtype=np.int64)[:, None],
             mask,
             np.asarray(lengths, dtype=np.int64)[:, None],
+            buffer,
         )
         return logits[:, -1]
 

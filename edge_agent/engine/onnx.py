@@ -153,11 +153,16 @@ class OnnxEngine:
     ) -> Generation:
         """One request; `on_delta(text)` (optional, called on this thread) gets the answer as it is decoded, in
         pieces that join to the returned text."""
+        return self._generate_alone(request, True, on_delta)
+
+    def _generate_alone(
+        self, request: GenerationRequest, stop_at_eos: bool, on_delta: Callable[[str], None] | None = None
+    ) -> Generation:
         started = time.perf_counter()
         prompt_ids = self._request_ids(request)
         self._check(prompt_ids, request.max_new_tokens)
         stream = TextStream(self.decode, self._stop_strings, on_delta) if on_delta is not None else None
-        seq = self._sequence(request, prompt_ids, stream=stream)
+        seq = self._sequence(request, prompt_ids, stream=stream, stop_at_eos=stop_at_eos)
         self._run_alone(seq)
         text = self._text(seq.out)
         if stream is not None:
@@ -182,6 +187,17 @@ class OnnxEngine:
         """
         started = time.perf_counter()
         results: list[Generation | Exception | None] = [None] * len(requests)
+        if not self.continuous:  # the classic loop: one request at a time
+            for index, request in enumerate(requests):
+                try:
+                    results[index] = self._generate_alone(request, stop_at_eos)
+                except InferenceError as exc:
+                    results[index] = exc
+            seconds = time.perf_counter() - started
+            return [
+                r if isinstance(r, Exception) else Generation(r.text, r.prompt_tokens, r.new_tokens, seconds)
+                for r in results
+            ]  # type: ignore[union-attr]
         batch = self.open_batch(stop_at_eos=stop_at_eos)
         waiting = list(enumerate(requests))
         done: list[tuple[int, Generation]] = []
@@ -206,7 +222,11 @@ class OnnxEngine:
 
     def open_batch(self, *, max_rows: int | None = None, stop_at_eos: bool = True) -> OnnxBatch:
         """A continuous batch of up to `max_rows` (at most max_batch) requests for the inference thread: add
-        requests between steps, step until it is empty."""
+        requests between steps, step until it is empty. Only where `continuous` (GQA graphs)."""
+        if not self.continuous:
+            raise InferenceError(
+                f"{self.model_id}: this graph decodes one request at a time (no shared KV buffer)"
+            )
         rows = self.max_batch if max_rows is None else max(1, min(max_rows, self.max_batch))
         return OnnxBatch(self, rows=rows, stop_at_eos=stop_at_eos)
 

@@ -99,6 +99,7 @@ class SyntheticEngine:
         return Generation(text=text, prompt_tokens=prompt_tokens, new_tokens=len(words) + 2, seconds=seconds)
 
     streams = True
+    continuous = True  # open_batch: rows join and leave per step
 
     def generate(
         self, request: GenerationRequest, on_delta: Callable[[str], None] | None = None

@@ -1,6 +1,6 @@
 """The inference thread: the one owner of the engine, serving submitted jobs FCFS, up to `max_batch` at once.
 
-Engines with `open_batch` (OnnxEngine, SyntheticEngine) are served continuously: a job submitted while others
+Engines with `continuous` and `open_batch` (OnnxEngine on GQA graphs, SyntheticEngine) are served continuously: a job submitted while others
 decode joins them at the next step, a finished one is answered at once and frees its row (batch.py); with
 `max_batch = 1` that is the paper's FCFS queue. Other engines get static batches of the jobs waiting.
 
@@ -85,7 +85,7 @@ class InferenceWorker:
 
     # -- the inference thread --
     def _serve(self) -> None:
-        if callable(getattr(self.engine, "open_batch", None)):
+        if getattr(self.engine, "continuous", False) and callable(getattr(self.engine, "open_batch", None)):
             self._serve_continuously()
         else:
             self._serve_static()

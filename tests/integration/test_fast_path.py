@@ -29,6 +29,7 @@ def tuned_copy(default_model_dir: Path, tmp_path: Path, reference: ReferenceLogi
     for name in os.listdir(default_model_dir):
         if name not in (MANIFEST_NAME, REFERENCE_LOGITS_FILE):
             (out / name).symlink_to(default_model_dir / name)
+    fields["reference_logits"] = ""
     if reference is not None:
         reference.write(out / REFERENCE_LOGITS_FILE)
         fields["reference_logits"] = REFERENCE_LOGITS_FILE

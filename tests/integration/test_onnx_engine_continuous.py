@@ -105,3 +105,18 @@ def test_chunked_prefill_gives_the_same_tokens_as_one_run(tiny_model_dir: Path):
     whole = OnnxEngine(tiny_model_dir, threads=1, prefill_chunk=4096).generate(prompt)
     chunked = OnnxEngine(tiny_model_dir, threads=1, prefill_chunk=16).generate(prompt)
     assert (chunked.text, chunked.new_tokens) == (whole.text, whole.new_tokens)
+
+
+def test_the_classic_loop_serves_a_batch_one_at_a_time(tiny_model_dir: Path):
+    concat = OnnxEngine(tiny_model_dir, threads=1, share_kv_buffer=False)
+    assert not concat.continuous and concat.max_batch == 1
+    requests = [greedy("one", 5), greedy("two", 7)]
+    results = concat.generate_batch(requests)
+    assert [r.new_tokens for r in results] == [5, 7] and results[0].seconds == results[1].seconds
+    worker = InferenceWorker(concat, max_batch=4)  # static service, one at a time
+    done = threading.Event()
+    got: list[Generation] = []
+    worker.submit(Job("x", requests[0], lambda g: (got.append(g), done.set())))
+    assert done.wait(30)
+    worker.close()
+    assert got[0].text == concat.generate(requests[0]).text
