@@ -108,6 +108,14 @@ class ServingSteps:
             self.admission.release(task.task_id)
             raise
 
+    def _service_time_per_task(self, seconds: float) -> float:
+        busy, served = self.worker.busy_total_s, self.worker.served_total
+        last_busy, last_served = getattr(self, "_alpha_mark", (0.0, 0))
+        self._alpha_mark = (busy, served)
+        if served > last_served and busy > last_busy:
+            return (busy - last_busy) / (served - last_served)
+        return seconds
+
     def _on_delta(self, request_id: str, task_id: str, text: str) -> None:
         stream = self._streams.get(request_id)
         run = self.runs.get(request_id)
@@ -133,8 +141,9 @@ class ServingSteps:
         text, error, seconds, new_tokens = None, None, 0.0, 0
         if isinstance(outcome, Generation):
             text, seconds, new_tokens = outcome.text, outcome.seconds, outcome.new_tokens
-            # a batch of b served b tasks in one wall time: alpha per task (DESIGN sec. 4)
-            per_task = seconds / max(1, getattr(outcome, "batch_size", 1))
+            # alpha per task = the engine's busy time per task finished since the last estimate: with a batch of b
+            # rows, b tasks share one wall time (DESIGN sec. 4); one at a time it is each inference's own time
+            per_task = self._service_time_per_task(seconds)
             self.alpha_s = per_task if self.alpha_s is None else 0.8 * self.alpha_s + 0.2 * per_task
         elif isinstance(outcome, InferenceError):
             error = ErrorBody(code=outcome.code, message=str(outcome))

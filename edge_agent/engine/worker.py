@@ -45,6 +45,9 @@ class InferenceWorker:
         self._waiting = 0
         self._running = 0
         self._busy_since: float | None = None
+        # the engine's busy time and the jobs it finished: alpha per task is their ratio, batched or not
+        self.busy_total_s = 0.0
+        self.served_total = 0
         self._batch = None  # the continuous batch, owned by the inference thread (read for kv_bytes only)
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
@@ -111,7 +114,7 @@ class InferenceWorker:
             if not len(batch):
                 continue
             self._running = len(batch)
-            self._busy_since = time.monotonic()
+            self._busy_since = started = time.monotonic()
             try:
                 finished = batch.step()
             except Exception as exc:  # the batch fails; the thread goes on serving
@@ -119,7 +122,9 @@ class InferenceWorker:
                 finished = [(job, exc) for job in batch.drop_all()]
             finally:
                 self._busy_since = None
+                self.busy_total_s += time.monotonic() - started
             self._running = len(batch)
+            self.served_total += len(finished)
             for job, outcome in finished:
                 self._deliver(job, outcome)
 
@@ -148,12 +153,14 @@ class InferenceWorker:
             with self._lock:
                 self._waiting -= len(batch)
                 self._running = len(batch)
-            self._busy_since = time.monotonic()
+            self._busy_since = started = time.monotonic()
             try:
                 outcomes = self._run(batch)
             finally:
                 self._busy_since = None
                 self._running = 0
+                self.busy_total_s += time.monotonic() - started
+            self.served_total += len(batch)
             for item, outcome in zip(batch, outcomes):
                 self._deliver(item, outcome)
 
