@@ -4,20 +4,11 @@ from __future__ import annotations
 
 
 def mg1_waiting(rho: float, scv: float) -> float:
-    """Time-average number waiting (not in service) in M/G/1: rho^2 (1 + c_s^2) / (2 (1 - rho))."""
+    """Time-average number waiting (not in service) in M/G/1: rho^2 (1 + c_s^2) / (2 (1 - rho)); scv 0 is M/D/1,
+    1 is M/M/1."""
     if not 0 <= rho < 1:
         raise ValueError(f"rho = {rho} is not in [0, 1): the queue is unstable")
     return rho * rho * (1.0 + scv) / (2.0 * (1.0 - rho))
-
-
-def md1_waiting(rho: float) -> float:
-    """M/D/1: rho^2 / (2 (1 - rho))."""
-    return mg1_waiting(rho, 0.0)
-
-
-def mm1_waiting(rho: float) -> float:
-    """M/M/1: rho^2 / (1 - rho)."""
-    return mg1_waiting(rho, 1.0)
 
 
 def in_system(waiting: float, rho: float) -> float:
@@ -28,11 +19,6 @@ def in_system(waiting: float, rho: float) -> float:
 def latency(waiting: float, rate: float, alpha: float) -> float:
     """Mean sojourn by Little's law: W = Lq / lambda + alpha."""
     return waiting / rate + alpha
-
-
-def squared_cv(service: str) -> float:
-    """Squared coefficient of variation of the named service distribution."""
-    return {"deterministic": 0.0, "exponential": 1.0}[service]
 
 
 def batched_in_system(rate: float, alpha: float, max_batch: int, slowdown) -> float:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, EdgeMoaError
+from ..host_port import parse_host_port
 from .experiment import PAPER_GRID
 from .planner import Plan, plan
 from .simulator import POLICIES, SimConfig, read_samples, simulate
@@ -23,10 +24,10 @@ def _alphas(text: str) -> tuple[float, ...]:
 
 
 def _broker(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def _mesh_arguments(p: argparse.ArgumentParser, *, alpha_required: bool = True) -> None:

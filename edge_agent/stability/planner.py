@@ -9,15 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from ..agent.moa import inferences_per_prompt  # the one formula: the planner prices what the agent runs
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..engine.batch_profile import BatchProfile
-
-
-def inferences_per_prompt(layers: int, proposers: int) -> int:
-    """(k+1)*M + 1: the proposers of M layers plus the final aggregation; M = 0 means the origin answers alone."""
-    return (proposers + 1) * layers + 1 if layers > 0 else 1
 
 
 def validate(*, agents: int, layers: int, proposers: int, rate: float, alphas: tuple[float, ...]) -> None:

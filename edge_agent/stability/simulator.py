@@ -27,9 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import MoaSection
 from ..engine.batch_profile import BatchProfile
 from ..errors import ConfigError
 from .planner import inferences_per_prompt, per_agent_alphas, validate
+
+PEER_CANDIDATES = MoaSection.model_fields["peer_candidates"].default
 
 POLICIES = ("uniform", "least-loaded", "speed-aware")
 SERVICES = ("deterministic", "exponential", "empirical")
@@ -52,7 +55,7 @@ class SimConfig:
     # answers); `samples` then holds the first step's (layer 1, or the M = 0 answer). The mix is rescaled together.
     samples_synthesis: tuple[float, ...] = ()
     policy: str = "uniform"
-    candidates: int | None = None  # d for least-loaded / speed-aware; default min(n-1, 2k)
+    candidates: int | None = None  # d for least-loaded / speed-aware; default the agent's: max(peer_candidates, k)
     warmup: float = 0.1  # fraction of the arrival horizon left out of the statistics
     max_batch: int = 1  # rows an agent decodes together (1: the paper's FCFS, one task at a time)
     profile: BatchProfile | None = None  # slowdown(b) of a step with b rows; None: free batching (slowdown 1)
@@ -88,7 +91,8 @@ class SimConfig:
     def d(self) -> int:
         if self.candidates is not None:
             return self.candidates
-        return min(self.agents - 1, max(2 * self.proposers, self.proposers + 1))
+        # the agent's own rule (agent/peers.py choose_peers): max(moa.peer_candidates, k) drawn, k kept
+        return min(self.agents - 1, max(PEER_CANDIDATES, self.proposers))
 
 
 @dataclass(frozen=True)
