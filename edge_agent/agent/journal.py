@@ -69,7 +69,12 @@ class StoredReply:
 
 
 class Journal:
-    """One sqlite file per agent, used from the agent's loop only."""
+    """One sqlite file per agent, used from the agent's loop only.
+
+    What correctness needs is written at once: an accepted prompt (before the broker's acknowledgement) and a
+    finished prompt's reply (before it is published). What only saves work is batched, flushed in one transaction
+    each agent tick (`flush`) and before any read: layer checkpoints (lost in a crash: the layer is run again) and
+    "sent" marks (lost: the same reply is published once more). A write here costs about 0.1 ms."""
 
     def __init__(self, path: Path, *, retention_s: float = 3600.0, keep: int = 10000):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +83,8 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
         self._db.executescript(SCHEMA)
+        self._checkpoints: dict[str, tuple[int, str, str]] = {}
+        self._sent: set[str] = set()
 
     # -- prompts --
     def accept(self, request: UserRequest) -> bool:
@@ -91,16 +98,28 @@ class Journal:
         return cursor.rowcount == 1
 
     def in_progress(self, request_id: str) -> bool:
+        self.flush()
         return self._db.execute("SELECT 1 FROM prompts WHERE request_id = ?", (request_id,)).fetchone() is not None
 
     def checkpoint(self, request_id: str, layer: int, answers: list[str], trace: list[LayerTrace]) -> None:
-        self._db.execute(
-            "UPDATE prompts SET layer = ?, answers = ?, trace = ?, updated_at = julianday('now') "
-            "WHERE request_id = ?",
-            (layer, json.dumps(answers), json.dumps([t.model_dump() for t in trace]), request_id),
-        )
+        """The next layer starts from these answers (batched: written at the next flush)."""
+        self._checkpoints[request_id] = (layer, json.dumps(answers), json.dumps([t.model_dump() for t in trace]))
+
+    def flush(self) -> None:
+        """Write the batched checkpoints and sent marks in one transaction."""
+        if not self._checkpoints and not self._sent:
+            return
+        checkpoints, sent = self._checkpoints, self._sent
+        self._checkpoints, self._sent = {}, set()
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "UPDATE prompts SET layer = ?, answers = ?, trace = ?, updated_at = julianday('now') "
+                "WHERE request_id = ?", [(*row, rid) for rid, row in checkpoints.items()])
+            self._db.executemany("UPDATE replies SET sent = 1 WHERE request_id = ?", [(rid,) for rid in sent])
 
     def unfinished(self) -> list[JournalEntry | UnreadableEntry]:
+        self.flush()
         rows = self._db.execute(
             "SELECT request_id, request, layer, answers, trace FROM prompts ORDER BY rowid").fetchall()
         entries: list[JournalEntry | UnreadableEntry] = []
@@ -117,6 +136,7 @@ class Journal:
     # -- replies: outbox and store --
     def finish(self, request_id: str, topic: str, correlation: str | None, payload: bytes) -> None:
         """The prompt is done: its reply goes to the outbox in the same transaction."""
+        self._checkpoints.pop(request_id, None)
         with self._db:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM prompts WHERE request_id = ?", (request_id,))
@@ -125,14 +145,17 @@ class Journal:
                 "VALUES (?, ?, ?, ?, 0, ?)", (request_id, topic, correlation, payload, time.time()))
 
     def mark_sent(self, request_id: str) -> None:
-        self._db.execute("UPDATE replies SET sent = 1 WHERE request_id = ?", (request_id,))
+        """The broker acknowledged the reply (batched: written at the next flush)."""
+        self._sent.add(request_id)
 
     def unsent(self) -> list[StoredReply]:
+        self.flush()
         rows = self._db.execute(
             "SELECT request_id, topic, correlation, payload FROM replies WHERE sent = 0 ORDER BY finished_at")
         return [StoredReply(r, t, c, bytes(p), False) for r, t, c, p in rows.fetchall()]
 
     def reply(self, request_id: str) -> StoredReply | None:
+        self.flush()
         row = self._db.execute("SELECT topic, correlation, payload, sent FROM replies WHERE request_id = ?",
                                (request_id,)).fetchone()
         return None if row is None else StoredReply(request_id, row[0], row[1], bytes(row[2]), bool(row[3]))
@@ -140,6 +163,7 @@ class Journal:
     def prune(self, now: float | None = None) -> int:
         """Forget sent replies older than the retention, and beyond the newest `keep`."""
         now = time.time() if now is None else now
+        self.flush()
         gone = self._db.execute("DELETE FROM replies WHERE sent = 1 AND finished_at < ?",
                                 (now - self.retention_s,)).rowcount
         gone += self._db.execute(
@@ -148,10 +172,12 @@ class Journal:
         return gone
 
     def counts(self) -> dict[str, int]:
+        self.flush()
         prompts = self._db.execute("SELECT count(*) FROM prompts").fetchone()[0]
         unsent, stored = self._db.execute(
             "SELECT coalesce(sum(sent = 0), 0), count(*) FROM replies").fetchone()
         return {"prompts": prompts, "unsent_replies": unsent, "stored_replies": stored}
 
     def close(self) -> None:
+        self.flush()
         self._db.close()

@@ -368,6 +368,7 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
                 self._execute(run, run.on_tick(self._alive(), self.rng, now))
             except Exception:  # one run's failure must not stop the others' clocks
                 log.exception("tick of request %s failed", run.request.request_id)
+        self.journal.flush()
         if now - self._last_prune > PRUNE_EVERY_S:
             self._last_prune = now
             self.journal.prune()

@@ -63,3 +63,18 @@ def test_rows_of_an_older_version_load_or_come_back_unreadable(tmp_path):
     entries = Journal(path).unfinished()
     assert isinstance(entries[0], JournalEntry) and entries[0].request.deadline_at is None
     assert isinstance(entries[1], UnreadableEntry) and entries[1].request_id == "bad"
+
+
+def test_checkpoints_and_sent_marks_are_batched_until_a_flush(tmp_path):
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    journal.accept(request("r1"))  # written at once: the broker's acknowledgement waits for it
+    journal.finish("r0", "t", None, b"x")  # written at once: the reply is stored before it is published
+    journal.checkpoint("r1", 2, ["a"], [])
+    journal.mark_sent("r0")
+    other = sqlite3.connect(path)
+    assert other.execute("SELECT layer FROM prompts WHERE request_id = 'r1'").fetchone() == (1,)
+    assert other.execute("SELECT sent FROM replies WHERE request_id = 'r0'").fetchone() == (0,)
+    journal.flush()
+    assert other.execute("SELECT layer FROM prompts WHERE request_id = 'r1'").fetchone() == (2,)
+    assert other.execute("SELECT sent FROM replies WHERE request_id = 'r0'").fetchone() == (1,)
