@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -12,6 +13,7 @@ from .artifact.store import looks_like_path, resolve_model_dir
 from .errors import ConfigError
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+SYSTEMD_CREDENTIALS = "/run/credentials/"
 M = TypeVar("M", bound=BaseModel)
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -181,8 +183,8 @@ def check_resources(config: AgentConfig) -> list[tuple[str, object, str]]:
     problems = []
     for name in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
         path = getattr(config.mqtt, name)
-        if path is None:
-            continue
+        if path is None or (str(path).startswith(SYSTEMD_CREDENTIALS) and not os.environ.get("CREDENTIALS_DIRECTORY")):
+            continue  # a systemd credential exists only inside its unit (LoadCredential): the agent checks it at start
         try:
             with open(path, "rb") as handle:
                 handle.read(1)
