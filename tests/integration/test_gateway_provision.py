@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import stat
 import subprocess
+import urllib.request
 
 import openai
 import pytest
@@ -15,7 +17,7 @@ from edge_agent.mqtt.transport import BrokerSettings
 from edge_agent.provision import in_place_layout, parse_inventory, provision
 from tests.conftest import attach_on_failure
 from tests.integration.gateway_helpers import GatewayProcess
-from tests.integration.mesh_helpers import AgentProcesses, ProvisionedMesh
+from tests.integration.mesh_helpers import AgentProcesses, ProvisionedMesh, wait_until
 from tests.integration.test_mesh_provision import example
 
 pytestmark = pytest.mark.slow
@@ -71,6 +73,9 @@ def test_provisioned_gateway_asks_through_tls_and_the_acl(tmp_path, request):
         for board in "abcd":
             agents.start(board)
         gateway.start()
+        # a prompt published before its agent first subscribed has nobody to go to: wait for every agent
+        assert wait_until(lambda: json.loads(urllib.request.urlopen(gateway.url + "/health", timeout=5).read())
+                          .get("agents_online") == 4, 60), "agents not online"
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key, max_retries=0, timeout=60)
         result = client.chat.completions.create(model="moa-M1-k1", messages=[{"role": "user", "content": "Hi"}])
         moa = result.model_extra["moa"]
