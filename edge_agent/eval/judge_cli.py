@@ -33,6 +33,8 @@ def register_judge(sub) -> None:
     judge.add_argument("--context", type=int, default=4096, help="llama.cpp judges: context tokens")
     judge.add_argument("--max-output-chars", type=int, default=6000, help="cut longer outputs in the judge prompt")
     judge.add_argument("--json", action="store_true", help="print only the summary JSON")
+    judge.add_argument("--no-new", action="store_true",
+                       help="judge nothing: summarize the verdicts already in the file (a run going on or stopped)")
     judge.add_argument("--select", nargs="+", type=Path, metavar="OUTPUTS",
                        help="best-of-n instead: per instruction, a knockout of these files' answers by the judge")
     judge.add_argument("--out", type=Path, help="--select: where the selected outputs go")
@@ -56,13 +58,15 @@ def cmd_judge(args: argparse.Namespace) -> int:
     else:
         pairs, b_name = _pairs(args)
         path = args.verdicts or args.a.with_name(f"{args.a.stem}.vs.{b_name}.{_slug(args.judge)}.verdicts.jsonl")
-    scorer = open_scorer(args.judge, threads=args.threads, api_key_env=args.api_key_env, model=args.judge_model,
-                         context_tokens=args.context, top_logprobs=args.top_logprobs)
+    scorer = None if args.no_new else open_scorer(
+        args.judge, threads=args.threads, api_key_env=args.api_key_env, model=args.judge_model,
+        context_tokens=args.context, top_logprobs=args.top_logprobs)
     try:
         records = judge_pairs(scorer, pairs, path, max_output_chars=args.max_output_chars,
                               title="sanity" if args.sanity else "judge")
     finally:
-        scorer.close()
+        if scorer is not None:
+            scorer.close()
     if args.sanity:
         summary = sanity_summary(records)
         text = (f"judge {summary['judge']}: accuracy {summary['accuracy']:.1%} order-averaged on {summary['n']} "

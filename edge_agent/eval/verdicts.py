@@ -55,10 +55,11 @@ def judge_pair(scorer: Scorer, pair: Pair, *, max_output_chars: int = 6000, temp
             "judge": scorer.name, "seconds": round(time.perf_counter() - started, 3)}
 
 
-def judge_pairs(scorer: Scorer, pairs: list[Pair], path: Path | None, *, max_output_chars: int = 6000,
+def judge_pairs(scorer: Scorer | None, pairs: list[Pair], path: Path | None, *, max_output_chars: int = 6000,
                 title: str = "judge") -> list[dict]:
     """Verdicts for every pair, in order; those already in `path` (same instruction, kind and texts' lengths)
-    are read back instead of judged again, and new ones are appended as they come."""
+    are read back instead of judged again, and new ones are appended as they come. With no scorer: only the
+    verdicts already in `path` (a summary of a run still going or stopped)."""
     done: dict[tuple, dict] = {}
     if path is not None and path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -73,6 +74,8 @@ def judge_pairs(scorer: Scorer, pairs: list[Pair], path: Path | None, *, max_out
     try:
         for pair in pairs:
             record = done.get(key(pair))
+            if record is None and scorer is None:
+                continue
             if record is None:
                 record = judge_pair(scorer, pair, max_output_chars=max_output_chars)
                 if path is not None:

@@ -115,6 +115,12 @@ def test_judge_with_the_onnx_engine_writes_resumable_verdicts(tiny_model_dir, in
     again = edge_moa(*args, "--json")  # nothing new to judge: same summary, no new lines
     assert json.loads(again.stdout) == summary
     assert len(verdicts.read_text().splitlines()) == 8
+    partial = tmp_path / "partial.jsonl"  # a run stopped after 3 pairs: --no-new summarizes them, loads no judge
+    partial.write_text("".join(line + "\n" for line in verdicts.read_text().splitlines()[:3]))
+    so_far = edge_moa("judge", tmp_path / "a.json", "--against", tmp_path / "b.json", "--judge", "local:nowhere",
+                      "--verdicts", partial, "--no-new", "--json")
+    assert so_far.returncode == 0, so_far.stderr[-2000:]
+    assert json.loads(so_far.stdout)["n"] == 3
 
     reference = edge_moa("judge", tmp_path / "b.json", "--against", "reference", "--instructions", instructions,
                          "--judge", f"local:{tiny_model_dir}", "--json", "--threads", 1)
