@@ -351,7 +351,7 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
             cost = lambda device: self.peers.expected_wait_s(device, self.alpha_s or 1.0)
         run = MoaRun(request=request, self_id=self.device, system_prompt=moa.system_prompt,
                      timeouts=self._timeouts, peer_cost=cost, peer_candidates=max(moa.peer_candidates, 1),
-                     local_eta=self._local_eta_s, **progress)
+                     local_eta=self._local_eta_s, local_healthy=self._healthy, **progress)
         run.request_deadline = time.monotonic() + remaining_s
         return run
 

@@ -121,6 +121,9 @@ class MoaRun:
     peer_cost: Callable[[str], float] | None = None  # None: uniform choice (the paper); else lowest cost of d
     peer_candidates: int = 0
     local_eta: Callable[[], float] | None = None  # when our own queue would finish a task sent now (seconds)
+    # whether our own engine is still making progress (no call past the hang timeout): a slow board, e.g. one
+    # whose task outgrew the estimate, keeps its own slot; only a hung one loses it
+    local_healthy: Callable[[], bool] | None = None
     _task_slots: dict[str, Slot] = field(default_factory=dict)
 
     @property
@@ -174,6 +177,9 @@ class MoaRun:
         actions: list[Action] = []
         for slot in list(self.slots):
             if slot.state in ("waiting_ack", "running") and slot.deadline is not None and now >= slot.deadline:
+                if slot.device == self.self_id and self.local_healthy is not None and self.local_healthy():
+                    slot.deadline = now + self._local_deadline_s()
+                    continue
                 outcome = "ack_timeout" if slot.state == "waiting_ack" else "result_timeout"
                 self.dropped.append(TraceEntry(device=slot.device, outcome=outcome))
                 actions += self._move_or_fail(slot, alive, rng, now)
@@ -213,12 +219,15 @@ class MoaRun:
         task = self._task(slot.task_id)
         if slot.device == self.self_id:
             # our own queue: no ack; a deadline as for a peer, so a hung engine cannot hold the request forever
-            eta = self.local_eta() if self.local_eta else None
             slot.state = "running"
-            slot.deadline = None if eta is None else now + eta * self.timeouts.eta_factor + self.timeouts.grace_s
+            slot.deadline = None if self.local_eta is None else now + self._local_deadline_s()
             return RunLocal(task=task)
         slot.state, slot.deadline = "waiting_ack", now + self.timeouts.ack_s
         return SendTask(device=slot.device, task=task)
+
+    def _local_deadline_s(self) -> float:
+        assert self.local_eta is not None
+        return self.local_eta() * self.timeouts.eta_factor + self.timeouts.grace_s
 
     def _move_or_fail(self, slot: Slot, alive: Sequence[str], rng: random.Random, now: float) -> list[Action]:
         used = {self.self_id, slot.device} | {s.device for s in self.slots} | {d.device for d in self.dropped}

@@ -220,3 +220,22 @@ def test_own_slot_has_a_deadline_from_the_local_estimate():
     out = run.on_tick([], rng, now=0.0 + 4.0 * 1.5 + 2.0 + 0.01)
     # nobody else to take the slot over: the request ends with a timeout, its one reply
     assert isinstance(out[0], Finish) and out[0].error.code == "timeout" and run.finished
+
+
+def test_own_slot_outliving_its_estimate_is_kept_while_the_engine_makes_progress():
+    """A loaded board whose task outgrew the estimate is slow, not hung: its slot waits; a hung one fails."""
+    run = make_run(1, 0, grace_s=2.0, eta_factor=1.5)
+    run.local_eta = lambda: 4.0
+    healthy = [True]
+    run.local_healthy = lambda: healthy[0]
+    rng = random.Random(0)
+    local = run.start([], rng, now=0.0)[0]
+    assert run.on_tick([], rng, now=8.01) == [] and not run.finished  # past 4 * 1.5 + 2: extended
+    assert run.on_tick([], rng, now=15.0) == []
+    done = run.on_result("a", local.task.task_id, "late but right", None, 15.0, [], rng, now=15.5)
+    assert isinstance(done[0], LayerDone) and done[0].answers == ("late but right",)
+    run2 = make_run(1, 0, grace_s=2.0, eta_factor=1.5)
+    run2.local_eta, run2.local_healthy = (lambda: 4.0), (lambda: False)
+    run2.start([], rng, now=0.0)
+    out = run2.on_tick([], rng, now=8.01)
+    assert isinstance(out[0], Finish) and out[0].error.code == "timeout"
