@@ -35,7 +35,15 @@ def test_configs_parse_into_named_generators():
     assert again.generator == "edge-moa_M0_k0_sample2" and again.request() == {"layers": 0, "proposers": 0}
 
 
-@pytest.mark.parametrize("text", ["", "1", "a,b", "1,2,top_k=3", "-1,0", "0,0;0,0"])
+def test_aggregation_options_go_into_the_request_and_the_name():
+    config = parse_configs("1,2,aggregation=select,select_ranker=pairwise,reference_max_chars=2000", "smollm2")[0]
+    assert config.request() == {"layers": 1, "proposers": 2, "aggregation": "select", "select_ranker": "pairwise",
+                                "reference_max_chars": 2000}
+    assert config.generator == ("smollm2_M1_k2_aggregationselect_reference_max_chars2000_select_rankerpairwise")
+
+
+@pytest.mark.parametrize("text", ["", "1", "a,b", "1,2,top_k=3", "-1,0", "0,0;0,0", "1,2,aggregation=vote",
+                                  "1,2,select_ranker=listwise"])
 def test_bad_configs_name_the_chunk(text):
     with pytest.raises(ConfigError):
         parse_configs(text)
