@@ -140,3 +140,14 @@ def test_sanity_pairs_put_the_good_answer_first():
 
 def test_durations():
     assert format_duration(75) == "1m15s" and format_duration(3 * 3600 + 120) == "3h02m"
+
+
+def test_stats_of_a_select_answer_keep_the_pick():
+    from edge_agent.eval.runner import answer_stats
+
+    answer = {"response": "two words", "latency_s": 1.0, "inferences": 4, "trace": [
+        {"layer": 1, "kind": "propose", "answered": [{"device": "a", "inference_s": 1.0}]},
+        {"layer": 2, "kind": "select", "ranker": "pointwise", "picked": 0, "scores": [5.5],
+         "answered": [{"device": "a", "inference_s": 0.5}]}]}
+    stats = answer_stats(answer, None)
+    assert stats["select"] == {"ranker": "pointwise", "picked": 0, "scores": [5.5]} and stats["board_s"] == 1.5
