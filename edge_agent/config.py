@@ -209,6 +209,12 @@ def check_resources(config: AgentConfig) -> list[tuple[str, object, str]]:
                 handle.read(1)
         except OSError as exc:
             problems.append((f"mqtt.{name}", str(path), f"cannot read: {exc.strerror}"))
+    template = config.moa.pairwise_template_file
+    if template is not None:
+        try:
+            template.read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(("moa.pairwise_template_file", str(template), f"cannot read: {exc.strerror}"))
     if config.engine.kind == "onnx":
         try:
             resolve_model_dir(config.engine.model)

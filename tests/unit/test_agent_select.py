@@ -180,3 +180,20 @@ def test_a_score_job_takes_its_turn_between_batch_steps_and_fails_alone():
     assert all(outcomes[g].text for g in ("g1", "g2", "g3"))
     assert set(outcomes["s1"].logprobs) == {"1", "2"} and outcomes["s1"].prompt_tokens > 0
     assert worker.served_total == 5
+
+
+def test_a_streamed_select_sends_the_picked_proposal_as_one_chunk(tmp_path):
+    async def scenario():
+        broker = MemoryBroker()
+        agents = mesh(broker, tmp_path)
+        await started(*agents)
+        user = User(broker)
+        topic = user.ask("a", "streamed", stream=True)
+        await wait_for(lambda: user.finals(topic), what="answer")
+        await asyncio.sleep(0.1)
+        chunks = [r for r in user.replies[topic] if r.get("type") == "chunk"]
+        (answer,) = user.finals(topic)
+        assert [c["delta"] for c in chunks] == [answer["response"]] and answer["trace"][-1]["kind"] == "select"
+        await stopped(*agents)
+
+    run(scenario())
