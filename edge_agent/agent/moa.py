@@ -1,14 +1,15 @@
 """The MoA state of one prompt as pure code: which agents get which prompt in which layer, and what comes next.
 
 The agent loop feeds events in (`start`, `on_ack`, `on_result`, `on_ranked`, `on_tick`) and carries out the
-actions that come back (`SendTask`, `RunLocal`, `RunRank`, `LayerDone`, `Finish`). The last step is the
-request's `aggregation`: `synthesize` (one more generation over the last layer's answers, the paper) or `select`
-(a ranking of them on this agent's worker, `RunRank`; the best one is the answer, verbatim). No I/O and no clock: time comes in as `now`, peer
-choice draws from the `rng` passed in; only task ids are fresh random ids.
+actions that come back (`SendTask`, `RunLocal`, `RunRank`, `LayerDone`, `Finish`). No I/O and no clock: time
+comes in as `now`, peer choice draws from the `rng` passed in; only task ids are fresh random ids.
+The last step is the request's `aggregation`: `synthesize` (one more generation over the last layer's answers,
+the paper) or `select` (a ranking of them on this agent's worker, `RunRank`; the best one is the answer, verbatim).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -215,8 +216,10 @@ class MoaRun:
         slot = self._task_slots.get(task_id)
         if slot is None or slot.kind != "rank" or slot.state != "running" or self.finished:
             return []
-        if error is not None or ranking is None or not 0 <= ranking.picked < len(self.previous):
-            error = error or ErrorBody(code="inference_failed", message="the ranker picked no proposal")
+        if error is None and (ranking is None or not 0 <= ranking.picked < len(self.previous)
+                              or not all(math.isfinite(x) for x in ranking.scores)):
+            error = ErrorBody(code="inference_failed", message="the ranker gave no valid pick or a non-finite score")
+        if error is not None:
             return self._finish_error(ErrorBody(code=error.code, message=f"ranking the proposals failed: "
                                                                          f"{error.message}"[:500]))
         slot.state = "done"
