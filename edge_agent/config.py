@@ -29,6 +29,11 @@ SYNTHESIS_SYSTEM_PROMPT = (
 )
 
 
+Aggregation = Literal["synthesize", "select"]  # what the origin does with the last layer's answers
+SelectRanker = Literal["pointwise", "pairwise"]  # how `select` ranks them (edge_agent/ranking/select.py)
+REFERENCE_MAX_CHARS = 4000  # never cuts a 256-token answer (~1,000-1,500 chars), keeps 3 references in 4k tokens
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -75,6 +80,20 @@ class MoaSection(Section):
         "uniform", description="uniform: k peers at random (the paper). speed-aware: the k of lowest expected "
                                "wait, (queue + 1) x alpha, among peer_candidates drawn at random.")
     peer_candidates: int = Field(3, ge=1, description="speed-aware: how many peers to draw before keeping k (d).")
+    aggregation: Aggregation = Field(
+        "synthesize", description="synthesize: the origin writes a new answer from the last layer's (the paper). "
+                                  "select: it returns the best of them verbatim, ranked by its model's next-token "
+                                  "probabilities (no generation; docs/quality.md, Aggregation strategies).")
+    select_ranker: SelectRanker = Field(
+        "pointwise", description="select: pointwise = each proposal rated 1-9 alone (expected digit); pairwise = "
+                                 "a knockout with AlpacaEval's judge template, each pair in both orders.")
+    reference_max_chars: int = Field(
+        REFERENCE_MAX_CHARS, ge=0, description="Each previous answer quoted in a synthesis or layer >= 2 prompt "
+                                               "(and shown to the select ranker) is cut at a word boundary to this "
+                                               "many characters, with an ellipsis (0 = no cap).")
+    pairwise_template_file: Path | None = Field(
+        None, description="select_ranker = pairwise: AlpacaEval's alpaca_eval_clf.txt; unset = the copy "
+                          "`edge-moa eval`/`judge` extracted under ~/.cache/edge-moa/alpaca_eval.")
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> MoaSection:
@@ -190,6 +209,12 @@ def check_resources(config: AgentConfig) -> list[tuple[str, object, str]]:
                 handle.read(1)
         except OSError as exc:
             problems.append((f"mqtt.{name}", str(path), f"cannot read: {exc.strerror}"))
+    template = config.moa.pairwise_template_file
+    if template is not None:
+        try:
+            template.read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(("moa.pairwise_template_file", str(template), f"cannot read: {exc.strerror}"))
     if config.engine.kind == "onnx":
         try:
             resolve_model_dir(config.engine.model)
@@ -244,6 +269,9 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
         return path if path is None or path.is_absolute() else (base_dir / path)
 
     agent = config.agent.model_copy(update={"state_dir": fix(config.agent.state_dir)})
+    moa = config.moa
+    if moa.pairwise_template_file is not None:
+        moa = moa.model_copy(update={"pairwise_template_file": fix(moa.pairwise_template_file)})
     mqtt_updates = {
         name: fix(getattr(config.mqtt, name))
         for name in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file")
@@ -254,5 +282,5 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
         model = Path(engine.model).expanduser()  # `~/models/x` is the user's home, not the config folder's
         engine = engine.model_copy(update={"model": str(model if model.is_absolute() else base_dir / model)})
     return config.model_copy(
-        update={"agent": agent, "mqtt": config.mqtt.model_copy(update=mqtt_updates), "engine": engine}
+        update={"agent": agent, "mqtt": config.mqtt.model_copy(update=mqtt_updates), "engine": engine, "moa": moa}
     )

@@ -32,6 +32,9 @@ def read_prompt(message: RawMessage, *, device: str, topics: Topics, moa: MoaSec
         layers=layers, proposers=proposers, max_new_tokens=max_new,
         temperature=moa.temperature if payload.temperature is None else payload.temperature, received_at=received_at,
         deadline_at=received_at + moa.request_timeout_s, stream=payload.stream,
+        aggregation=payload.aggregation or moa.aggregation, select_ranker=payload.select_ranker or moa.select_ranker,
+        reference_max_chars=moa.reference_max_chars if payload.reference_max_chars is None
+        else payload.reference_max_chars,
     )
 
 

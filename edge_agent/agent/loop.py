@@ -43,9 +43,10 @@ from .ha_discovery import DiscoveryAnnouncer, Publish
 from .intake import route_of
 from .journal import Journal
 from .metrics import AgentMetrics
-from .moa import Finish, LayerDone, MoaRun, MoaTimeouts, RunLocal, SendTask
+from .moa import Finish, LayerDone, MoaRun, MoaTimeouts, RunLocal, RunRank, SendTask
 from .peers import PeerTable
 from .prompts import PromptSteps
+from .ranker import pairwise_template
 from .recovery import RecoverySteps
 from .replies import Replies, Stream, error_payload
 from .serving import ServingSteps
@@ -108,6 +109,8 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         moa = config.moa
+        moa = config.moa
+        self._pairwise_template = pairwise_template(moa)  # None: select_ranker = pairwise is refused
         self._timeouts = MoaTimeouts(ack_s=moa.ack_timeout_s, grace_s=moa.task_grace_s,
                                      request_s=moa.request_timeout_s, max_redispatch=moa.max_redispatch)
 
@@ -310,6 +313,8 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
             self._send_internal(action.device, action.task)
         elif isinstance(action, RunLocal):
             self._enqueue_own(action.task)
+        elif isinstance(action, RunRank):
+            self._enqueue_rank(action)
         elif isinstance(action, LayerDone):
             self.journal.checkpoint(run.request.request_id, action.next_layer, list(action.answers),
                                     list(action.trace))
@@ -318,6 +323,10 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
 
     def _finish(self, run: MoaRun, finish: Finish) -> None:
         request = run.request
+        stream = self._streams.get(request.request_id)
+        if stream is not None and finish.error is None and finish.trace and finish.trace[-1].kind == "select":
+            # nothing was generated to stream: the picked proposal as one chunk
+            self._guarded(lambda: self.replies.chunk(stream.route, stream.index, finish.response or ""))
         self.runs.pop(request.request_id, None)
         self._streams.pop(request.request_id, None)
         route = route_of(request)
@@ -416,11 +425,20 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
 
 
 def usage_of(request: UserRequest, finish: Finish) -> Usage:
+    """OpenAI's counts: the completion is the answer's own tokens, i.e. the picked proposal's for select."""
     entries = [e for layer in finish.trace for e in layer.answered]
-    completion = (finish.trace[-1].answered[0].new_tokens or 0) if finish.trace and finish.trace[-1].answered else 0
+    last = finish.trace[-1] if finish.trace else None
+    ranked = None
+    if last is not None and last.kind == "select" and len(finish.trace) > 1:
+        proposals = finish.trace[-2].answered
+        picked = last.picked or 0
+        completion = (proposals[picked].new_tokens or 0) if picked < len(proposals) else 0
+        ranked = sum(e.prompt_tokens or 0 for e in last.answered)
+    else:
+        completion = (last.answered[0].new_tokens or 0) if last is not None and last.answered else 0
     prompt = request.prompt_tokens or 0
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-                 generated_tokens=sum(e.new_tokens or 0 for e in entries))
+                 generated_tokens=sum(e.new_tokens or 0 for e in entries), ranking_prompt_tokens=ranked)
 
 
 

@@ -53,6 +53,10 @@ class PromptSteps:
             route = route_of(request)
             if self._is_repeat(request, route, message):
                 return False
+            if request.aggregation == "select" and request.select_ranker == "pairwise" and \
+                    self._pairwise_template is None:
+                raise Refusal(route, "invalid_request", "select_ranker pairwise: this agent has no AlpacaEval "
+                                                        "judge template (moa.pairwise_template_file); use pointwise")
             if not self._healthy():
                 raise Refusal(route, "unavailable", f"this agent's engine has not finished an inference for "
                                                     f"{self.worker.busy_for_s():.0f}s; try another board")

@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 
 from ..engine import ChatMessage, Generation, GenerationRequest
-from ..engine.worker import Job
+from ..engine.worker import Job, ScoreJob
 from ..errors import InferenceError
 from ..mqtt.api import RawMessage
 from ..wire.messages import (
@@ -17,7 +17,9 @@ from ..wire.messages import (
     TaskAckMessage,
     TaskMessage,
 )
+from .moa import RunRank
 from .prompt_queue import QueuedTask
+from .ranker import TimedRanking, rank_job, ranking_charge_tokens
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,40 @@ class ServingSteps:
                                                  self.rng, time.monotonic()))
 
         self.tokenizer.ids(generation.messages, then=submit, failed=failed)
+
+    def _enqueue_rank(self, action: RunRank) -> None:
+        """The select step: one score job on our own worker, in FCFS order with the generations, charged and
+        counted as one task; its outcome ends the run (the picked proposal, or one error)."""
+        probe = GenerationRequest(messages=(ChatMessage("user", "\n".join(action.answers)),), max_new_tokens=1)
+        task = QueuedTask(task_id=action.task_id, request_id=action.request_id, layer=action.layer,
+                          origin=self.device, generation=probe,
+                          charge_bytes=self.admission.charge(probe, ranking_charge_tokens(action)),
+                          enqueued_at=time.monotonic())
+        self.admission.add(task)
+        hop = self._loop.call_soon_threadsafe
+        try:
+            self.worker.submit(ScoreJob(key=action.task_id, run=rank_job(action, self._pairwise_template),
+                                        on_done=lambda outcome, task=task: hop(self._on_ranked, task, outcome)))
+        except Exception:
+            self.admission.release(task.task_id)
+            raise
+
+    def _on_ranked(self, task: QueuedTask, outcome: object) -> None:
+        if self.admission.release(task.task_id) is None:
+            return
+        self.counts["served"] += 1
+        self._observe("task_served", False)
+        run = self.runs.get(task.request_id)
+        if run is None:
+            return
+        ranking, error, seconds = None, None, 0.0
+        if isinstance(outcome, TimedRanking):
+            ranking, seconds = outcome.ranking, outcome.seconds
+        else:
+            log.warning("ranking for %s failed: %r", task.request_id, outcome)
+            code = outcome.code if isinstance(outcome, InferenceError) else "inference_failed"
+            error = ErrorBody(code=code, message=f"{type(outcome).__name__}: {outcome}"[:400])
+        self._execute(run, run.on_ranked(task.task_id, ranking, error, seconds, time.monotonic()))
 
     def _submit(self, task: QueuedTask) -> None:
         """Charge the task and hand it to the inference worker; its outcome comes back to this loop."""

@@ -32,6 +32,14 @@ class Generation:
     seconds: float  # wall time of this inference (prefill + decode); from generate_batch, of the whole call
 
 
+@dataclass(frozen=True)
+class LabelScores:
+    """What a score job reads instead of generating: the next token's log-probabilities of a few labels."""
+
+    logprobs: dict[str, float]  # log p(label's first token) as the reply's first token (-inf: never)
+    prompt_tokens: int  # what the prefill read
+
+
 class Engine(Protocol):
     """One loaded model. generate(_batch) runs on the inference thread only; the rest is cheap, thread-safe."""
 
@@ -70,6 +78,11 @@ class Engine(Protocol):
         `max_batch` requests share a decode loop; a longer list runs in successive batches. Every Generation's
         `seconds` is the wall time of the whole call. Greedy results equal what `generate` returns.
         """
+        ...
+
+    def score_labels(self, messages: tuple[ChatMessage, ...], labels: tuple[str, ...]) -> LabelScores:
+        """One prefill of the rendered chat, no decode: how likely each label is as the reply's first token (the
+        agent's `select` ranker; a score job on the inference thread)."""
         ...
 
     # Engines with `continuous = True` also have `open_batch(max_rows=...)`: a batch to `add(request, tag=...,

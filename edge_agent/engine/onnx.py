@@ -26,11 +26,12 @@ from ..artifact.chat_template import ChatTemplate
 from ..artifact.manifest import Manifest, read_manifest
 from ..errors import InferenceError, TooLargeError
 from .base import ChatMessage, Generation, GenerationRequest
-from .batch import ContinuousBatch
+from .batch import ContinuousBatch, prefill_chunks
 from .embeddings import MappedEmbeddings
 from .fast_path import check_patched, load_session
 from .generation import Sequence, TextStream, final_text, sample_next
 from .kv_cache import ConcatKvCache, RowKvCache, round_capacity
+from .label_scores import LabelScores, keep_the_end, log_softmax_at
 from .process_memory import release_file_pages, return_freed_heap, weights_on_huge_pages
 from .session import Graph, create_session, runtime_errors
 
@@ -271,6 +272,36 @@ class OnnxEngine:
                 return logits
             concat = ConcatKvCache(self._graph, kv.num_kv_heads, kv.head_dim)
             return np.stack([concat.run([token], i).copy() for i, token in enumerate(ids)])
+
+    def last_logits(self, ids: list[int]) -> np.ndarray:
+        """The logits after the last of `ids` only: a prefill in chunks of `prefill_chunk` into a cache of its
+        own (the batch's rows are untouched), so a long judge prompt costs one row of logits, not one per token."""
+        kv = self.manifest.kv
+        with self._lock, runtime_errors(f"{self.model_id}: scoring failed"):
+            if not self._share_buffer:
+                return ConcatKvCache(self._graph, kv.num_kv_heads, kv.head_dim).run(list(ids), 0).copy()
+            cache = RowKvCache(self._graph, kv.num_kv_heads, kv.head_dim, 1)
+            cache.reserve(len(ids), [0])
+            logits = None
+            for start, end in prefill_chunks(len(ids), self.prefill_chunk):
+                logits = cache.prefill(0, list(ids[start:end]), start)
+            return logits
+
+    def label_token(self, label: str) -> int:
+        """The token a label starts with (labels such as `m` or `7` are one token in common vocabularies)."""
+        ids = self.encode(label)
+        if not ids:
+            raise InferenceError(f"{self.model_id}: the label {label!r} encodes to no token")
+        return ids[0]
+
+    def score_labels(self, messages: tuple[ChatMessage, ...], labels: tuple[str, ...]) -> LabelScores:
+        """log p of each label as the reply's first token, after the rendered chat (cut to the context from its
+        start if it must be): one prefill, no decode. Runs on the inference thread (a score job)."""
+        ids = keep_the_end(self._prompt_ids(messages), self.context_length)
+        if not ids:
+            raise InferenceError("empty prompt")
+        values = log_softmax_at(self.last_logits(ids), [self.label_token(label) for label in labels])
+        return LabelScores(dict(zip(labels, values, strict=True)), len(ids))
 
     def warm_up(self) -> None:
         """One short greedy generation (and a batch of two when batching), so the first real request does not

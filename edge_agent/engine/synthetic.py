@@ -9,6 +9,7 @@ as in OnnxEngine.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 import threading
@@ -16,11 +17,12 @@ import time
 from collections.abc import Callable
 
 from ..errors import InferenceError, TooLargeError
-from .base import ChatMessage, Generation, GenerationRequest
+from .base import ChatMessage, Generation, GenerationRequest, LabelScores
 from .batch_profile import BatchProfile
 from .kv_cache import round_capacity
 
 STEPS = 32  # decode steps of a request of mean service time
+PREFILL_TOKENS_PER_SERVICE = 512  # a score job's prefill of this many prompt tokens takes one mean service time
 
 
 class SyntheticEngine:
@@ -117,6 +119,18 @@ class SyntheticEngine:
             time.sleep(max(0.0, started + service_s * index / len(pieces) - time.perf_counter()))
             on_delta(piece)
         return Generation(echo.text, prompt_tokens, echo.new_tokens, time.perf_counter() - started)
+
+    def score_labels(self, messages: tuple[ChatMessage, ...], labels: tuple[str, ...]) -> LabelScores:
+        """Pseudo log-probabilities from a hash of the prompt and each label (deterministic, meaningless: for
+        protocol and load tests only), after a modelled prefill of service_s per 512 prompt tokens."""
+        prompt_tokens = self.count_prompt_tokens(messages)
+        time.sleep(self._service_s * prompt_tokens / PREFILL_TOKENS_PER_SERVICE)
+        text = "\x00".join(f"{m.role}:{m.content}" for m in messages)
+        logits = [int(hashlib.sha1(f"{text}\x01{label}".encode()).hexdigest()[:8], 16) / 2**32 * 4.0
+                  for label in labels]
+        top = max(logits, default=0.0)
+        log_z = top + math.log(sum(math.exp(x - top) for x in logits)) if logits else 0.0
+        return LabelScores({label: x - log_z for label, x in zip(labels, logits, strict=True)}, prompt_tokens)
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[Generation | Exception]:
         """As OnnxEngine.generate_batch: one result or error per request; `max_batch` valid ones per sleep.

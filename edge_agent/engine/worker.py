@@ -4,6 +4,10 @@ Engines with `continuous` and `open_batch` (OnnxEngine on GQA graphs, SyntheticE
 decode joins them at the next step, a finished one is answered at once and frees its row (batch.py); with
 `max_batch = 1` that is the paper's FCFS queue. Other engines get static batches of the jobs waiting.
 
+A `ScoreJob` (the agent's `select` ranking: prefills that read label probabilities, no decode) takes its turn in
+the same FCFS order: it runs alone between two steps of the batch, whose rows then go on decoding where they
+were; it counts as one served task in the busy time and task count alpha is computed from.
+
 The agent's loop submits jobs from its own thread and hears back through each job's callbacks, which run on this
 thread and must only hand the outcome over (e.g. `loop.call_soon_threadsafe`). A failing job never stops the
 thread: its exception is its outcome.
@@ -32,6 +36,16 @@ class Job:
     on_delta: Callable[[str], None] | None = None  # streamed text pieces; only for engines that stream
 
 
+@dataclass(frozen=True)
+class ScoreJob:
+    """A job that is not a generation: `run(engine)` on the inference thread, its return value (or the
+    exception it raised) handed to `on_done`."""
+
+    key: str
+    run: Callable[[Engine], object]
+    on_done: Callable[[object], None]
+
+
 class InferenceWorker:
     """FCFS service of jobs on one thread. With `max_batch` > 1 up to that many jobs decode together, which
     raises the service rate to b / alpha(b) (DESIGN.md sec. 4). A job's Generation.seconds is the time from its
@@ -40,7 +54,7 @@ class InferenceWorker:
     def __init__(self, engine: Engine, *, max_batch: int = 1, name: str = "inference"):
         self.engine = engine
         self.max_batch = max(1, min(max_batch, getattr(engine, "max_batch", 1)))
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job | ScoreJob | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._waiting = 0
         self._running = 0
@@ -54,7 +68,7 @@ class InferenceWorker:
         self._thread.start()
 
     # -- caller side (any thread) --
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job | ScoreJob) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("inference worker is closed")
@@ -107,6 +121,9 @@ class InferenceWorker:
                     break
                 with self._lock:
                     self._waiting -= 1
+                if isinstance(job, ScoreJob):  # its turn: alone, between two steps of the batch
+                    self._score(job, decoding=len(batch))
+                    continue
                 try:
                     batch.add(job.request, tag=job, on_delta=job.on_delta)
                 except Exception as exc:  # noqa: BLE001  # this request alone is bad (too large, untokenizable)
@@ -128,8 +145,22 @@ class InferenceWorker:
             for job, outcome in finished:
                 self._deliver(job, outcome)
 
+    def _score(self, job: ScoreJob, decoding: int = 0) -> None:
+        self._running = decoding + 1
+        self._busy_since = started = time.monotonic()
+        try:
+            outcome = job.run(self.engine)
+        except Exception as exc:  # noqa: BLE001  # this job alone fails; its caller hears of it
+            outcome = exc
+        finally:
+            self._busy_since = None
+            self._running = decoding
+            self.busy_total_s += time.monotonic() - started
+        self.served_total += 1
+        self._deliver(job, outcome)
+
     @staticmethod
-    def _deliver(job: Job, outcome: Outcome) -> None:
+    def _deliver(job: Job | ScoreJob, outcome: object) -> None:
         try:
             job.on_done(outcome)
         except Exception:  # a caller's bug must not stop the thread that serves every other job
@@ -140,7 +171,12 @@ class InferenceWorker:
             job = self._jobs.get()
             if job is None:
                 return
-            batch = [job]
+            if isinstance(job, ScoreJob):
+                with self._lock:
+                    self._waiting -= 1
+                self._score(job)
+                continue
+            batch, scores = [job], []
             while len(batch) < self.max_batch:
                 try:
                     more = self._jobs.get_nowait()
@@ -149,9 +185,12 @@ class InferenceWorker:
                 if more is None:
                     self._jobs.put(None)  # stop after this batch
                     break
+                if isinstance(more, ScoreJob):  # it waited beside this batch: it runs right after it
+                    scores.append(more)
+                    break
                 batch.append(more)
             with self._lock:
-                self._waiting -= len(batch)
+                self._waiting -= len(batch) + len(scores)
                 self._running = len(batch)
             self._busy_since = started = time.monotonic()
             try:
@@ -163,6 +202,8 @@ class InferenceWorker:
             self.served_total += len(batch)
             for item, outcome in zip(batch, outcomes):
                 self._deliver(item, outcome)
+            for item in scores:
+                self._score(item)
 
     def _run(self, batch: list[Job]) -> list[Outcome]:
         try:

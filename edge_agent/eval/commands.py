@@ -20,8 +20,9 @@ def register(sub) -> None:
     ev.add_argument("--limit", type=int, help="a stratified subset (by `dataset`) of this many instructions")
     ev.add_argument("--seed", type=int, default=0, help="seed of the subset (default 0)")
     ev.add_argument("--configs", default="0,0;1,2",
-                    help="M,k[,temperature=T][,max_new_tokens=N][,sample=I] separated by ';' (default '0,0;1,2'); "
-                         "sample=I only renames: another draw of the same configuration")
+                    help="M,k[,temperature=T][,max_new_tokens=N][,aggregation=synthesize|select]"
+                         "[,select_ranker=pointwise|pairwise][,reference_max_chars=C][,sample=I] separated by ';' "
+                         "(default '0,0;1,2'); sample=I only renames: another draw of the same configuration")
     ev.add_argument("--out", type=Path, required=True, help="directory for <generator>.json and .stats.jsonl")
     ev.add_argument("--agents", type=int, default=4, help="local mesh: number of agents (default 4)")
     ev.add_argument("--model", default=DEFAULT_MODEL, help="local mesh: every agent's model")

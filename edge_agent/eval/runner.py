@@ -26,6 +26,9 @@ def answer_stats(answer: dict, count_tokens: Callable[[str], int] | None) -> dic
              "board_s": round(board_s, 3), "device": answer.get("device"), "output_chars": len(text),
              "output_words": len(text.split()),
              "devices": [[e["device"] for e in layer["answered"]] for layer in answer.get("trace", [])]}
+    last = answer["trace"][-1] if answer.get("trace") else {}
+    if last.get("kind") == "select":  # which proposal the agent's ranker returned, and how it scored them
+        stats["select"] = {key: last.get(key) for key in ("ranker", "picked", "scores")}
     if count_tokens is not None:
         stats["output_tokens"] = count_tokens(text)
     return stats

@@ -6,12 +6,12 @@ engine), or an `http(s)://` URL of an OpenAI-compatible server that returns top 
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
-import numpy as np
-
+from ..engine.label_scores import log_softmax_at
 from ..errors import ConfigError
+
+__all__ = ["Scorer", "log_softmax_at", "open_scorer"]
 
 
 class Scorer(Protocol):
@@ -22,14 +22,6 @@ class Scorer(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def log_softmax_at(logits: np.ndarray, ids: list[int]) -> list[float]:
-    """log p(id) for each id under softmax(logits), computed stably."""
-    logits = np.asarray(logits, dtype=np.float64)
-    top = float(logits.max())
-    log_z = top + math.log(float(np.exp(logits - top).sum()))
-    return [float(logits[i]) - log_z for i in ids]
 
 
 def open_scorer(spec: str, *, threads: int = 2, api_key_env: str = "OPENAI_API_KEY", model: str | None = None,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.base import ChatMessage
+from ..engine.label_scores import keep_the_end
 from ..engine.onnx import OnnxEngine
 from .scorer import log_softmax_at
 
@@ -24,11 +25,10 @@ class OnnxScorer:
         ids = self.engine.encode(prompt)
         if len(ids) >= self.engine.context_length:  # keep the end: the task and the answer slot are there
             log.warning("judge prompt of %d tokens cut to the model's %d", len(ids), self.engine.context_length)
-            ids = ids[-(self.engine.context_length - 1):]
-        return ids
+        return keep_the_end(ids, self.engine.context_length)
 
     def last_logits(self, turns: list[tuple[str, str]]) -> np.ndarray:
-        return self.engine.next_token_logits(self._prompt_ids(turns))[-1]
+        return self.engine.last_logits(self._prompt_ids(turns))
 
     def label_ids(self, label: str) -> int:
         ids = self.engine.encode(label)

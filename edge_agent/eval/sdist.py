@@ -11,6 +11,7 @@ from pathlib import Path
 from ..artifact.store import models_root
 from ..artifact.verify import sha256_file
 from ..errors import ConfigError
+from ..ranking.prompts import CLF_TEMPLATE_MEMBER  # noqa: F401  # the judge template (shared with the agent)
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +19,10 @@ REQUIREMENT = "alpaca_eval==0.6.6"
 SDIST_NAME = "alpaca_eval-0.6.6.tar.gz"
 SDIST_SHA256 = "94db28994674800f59de9983a275bab6c543c8f0478a039b421dd9456a9e43de"
 OUTPUTS_MEMBER = "alpaca_eval-0.6.6/example/outputs.json"  # 805 instructions, each with a reference output
-CLF_TEMPLATE_MEMBER = "alpaca_eval-0.6.6/src/alpaca_eval/evaluators_configs/alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt"
 
 
 def cache_dir() -> Path:
+    """`~/.cache/edge-moa/alpaca_eval`; an agent's pairwise ranker finds the extracted template here too."""
     return models_root().parent / "alpaca_eval"
 
 

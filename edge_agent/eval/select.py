@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from ..ranking.select import knockout
 from .outputs import read_outputs, read_stats
 from .progress import Progress
 from .scorer import Scorer
@@ -35,15 +36,17 @@ def select_best(scorer: Scorer, candidates: list[Path], out: Path, *, max_output
             if instruction in done:
                 rows[instruction] = dict(files[done[instruction]["picked"]][instruction], generator=out.stem)
                 continue
-            best, ranker_s = 0, 0.0
-            for challenger in range(1, len(files)):
-                a, b = files[best][instruction]["output"], files[challenger][instruction]["output"]
-                if a == b:
-                    continue
-                verdict = judge_pair(scorer, Pair(instruction, a, b), max_output_chars=max_output_chars)
+            outputs = [f[instruction]["output"] for f in files]
+            ranker_s = 0.0
+
+            def preference(a: int, b: int, outputs=outputs, instruction=instruction) -> float:
+                nonlocal ranker_s
+                verdict = judge_pair(scorer, Pair(instruction, outputs[a], outputs[b]),
+                                     max_output_chars=max_output_chars)
                 ranker_s += verdict["seconds"]
-                if verdict["preference"] < 0.5:
-                    best = challenger
+                return verdict["preference"]
+
+            best, _ = knockout(outputs, preference)  # the agent's `select` pairwise ranker plays the same
             entry = {"instruction": instruction, "picked": best, "ranker_s": round(ranker_s, 3),
                      "ranker": scorer.name}
             for key, combine in (("latency_s", max), ("board_s", sum), ("inferences", sum)):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..ranking.prompts import p_first
 from .judge_prompt import LABEL_FIRST, LABEL_SECOND, pair_messages
 from .progress import Progress
 from .scorer import Scorer
@@ -31,12 +31,11 @@ def p_first_better(scorer: Scorer, instruction: str, output_1: str, output_2: st
     logprobs = scorer.label_logprobs(pair_messages(instruction, output_1, output_2,
                                                    max_output_chars=max_output_chars, template=template),
                                        (LABEL_FIRST, LABEL_SECOND))
-    first, second = logprobs[LABEL_FIRST], logprobs[LABEL_SECOND]
-    if first == -math.inf and second == -math.inf:
+    p = p_first(logprobs)
+    if p is None:
         log.warning("judge %s gave neither label any probability: counted as a tie", scorer.name)
         return 0.5
-    top = max(first, second)
-    return math.exp(first - top) / (math.exp(first - top) + math.exp(second - top))
+    return p
 
 
 def judge_pair(scorer: Scorer, pair: Pair, *, max_output_chars: int = 6000, template: str | None = None) -> dict:

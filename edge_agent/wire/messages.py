@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .. import PROTOCOL_VERSION
-from ..config import DEVICE_ID_PATTERN
+from ..config import DEVICE_ID_PATTERN, Aggregation, SelectRanker
 from ..errors import ProtocolError
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -48,6 +48,9 @@ class PromptPayload(Frozen):
     proposers: int | None = Field(None, ge=0, le=1000)
     temperature: float | None = Field(None, ge=0, le=2)
     stream: bool = False  # chunks of the final aggregation before the answer (docs/protocol.md, Streaming)
+    aggregation: Aggregation | None = None  # synthesize | select (docs/protocol.md, Prompt)
+    select_ranker: SelectRanker | None = None  # pointwise | pairwise, for select
+    reference_max_chars: int | None = Field(None, ge=0, le=10**6)  # cap of each quoted answer (0 = none)
 
 
 class UserRequest(Frozen):
@@ -66,6 +69,10 @@ class UserRequest(Frozen):
     deadline_at: float | None = None  # wall clock; None in rows of older versions (then received_at + timeout)
     stream: bool = False
     prompt_tokens: int | None = None  # counted at admission
+    # older rows lack these: their defaults are what those versions did (synthesis of uncut references)
+    aggregation: Aggregation = "synthesize"
+    select_ranker: SelectRanker = "pointwise"
+    reference_max_chars: int = 0
 
 
 class ReplyRoute(Frozen):
@@ -182,15 +189,24 @@ class TraceEntry(Frozen):
     outcome: Literal["ok", "busy", "ack_timeout", "result_timeout", "error", "unreachable"]
     inference_s: Seconds | None = None
     new_tokens: Count | None = None
+    prompt_tokens: Count | None = None  # a select step: the tokens its ranking prefills read
     detail: str | None = None
+
+
+Score = Annotated[float, Field(ge=-1e6, le=1e6)]
 
 
 class LayerTrace(Frozen):
     layer: int
-    kind: Literal["propose", "aggregate"]
+    kind: Literal["propose", "aggregate", "select"]
     answered: list[TraceEntry]
     dropped: list[TraceEntry] = []
     requested: int  # how many proposers this layer asked for ({self} + k)
+    # kind "select": which proposal of the layer before is the answer (index into its `answered`), how the
+    # ranker scored each (absent when only one answered: nothing was ranked)
+    ranker: SelectRanker | None = None
+    scores: list[Score] | None = Field(None, max_length=1001)
+    picked: int | None = Field(None, ge=0, le=1000)
 
 
 class Usage(Frozen):
@@ -200,6 +216,7 @@ class Usage(Frozen):
     completion_tokens: int  # the answer (the final aggregation's new tokens)
     total_tokens: int
     generated_tokens: int  # new tokens of every inference of the run (all layers, all boards)
+    ranking_prompt_tokens: int | None = None  # aggregation = select: what its ranking read (no token generated)
 
 
 class Answer(Frozen):

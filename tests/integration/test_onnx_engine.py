@@ -145,3 +145,17 @@ def test_ids_given_with_the_request_are_used_instead_of_tokenizing_again(engine:
     other = engine.generate(GenerationRequest(messages=messages, max_new_tokens=6, temperature=0.0,
                                               prompt_ids=tuple(engine.prompt_ids((ChatMessage("user", "Hi"),)))))
     assert other.prompt_tokens != given.prompt_tokens  # the ids, not the messages, were read
+
+
+def test_score_labels_reads_the_last_position_of_a_chunked_prefill(engine: OnnxEngine):
+    """A score job's prefill (chunks of prefill_chunk, last logits only) gives what the full forward gives."""
+    messages = (ChatMessage("user", "Rate this answer from 1 to 9. " * 12),)
+    ids = engine.prompt_ids(messages)
+    assert len(ids) > engine.prefill_chunk  # several chunks
+    full = engine.next_token_logits(ids)[-1]
+    np.testing.assert_allclose(engine.last_logits(ids), full, rtol=1e-4, atol=1e-4)
+    digits = tuple(str(d) for d in range(1, 10))
+    scores = engine.score_labels(messages, digits)
+    assert scores.prompt_tokens == len(ids) and set(scores.logprobs) == set(digits)
+    probabilities = [np.exp(v) for v in scores.logprobs.values()]
+    assert all(0.0 < p < 1.0 for p in probabilities) and sum(probabilities) <= 1.0 + 1e-9

@@ -67,3 +67,17 @@ def test_a_home_relative_model_path_is_not_put_under_the_config_folder(tmp_path)
 
     config = parse_config({"agent": {"device_id": "a"}, "engine": {"model": "~/models/x"}}, base_dir=tmp_path)
     assert config.engine.model == str(Path("~/models/x").expanduser())
+
+
+def test_aggregation_settings_default_to_the_paper_and_are_validated(tmp_path):
+    from edge_agent.config import check_resources
+
+    moa = parse_config({"agent": {"device_id": "a"}}).moa
+    assert (moa.aggregation, moa.select_ranker, moa.reference_max_chars) == ("synthesize", "pointwise", 4000)
+    with pytest.raises(ConfigError) as err:
+        parse_config({"agent": {"device_id": "a"}, "moa": {"aggregation": "vote", "reference_max_chars": -1}})
+    assert {p[0] for p in err.value.problems} == {"moa.aggregation", "moa.reference_max_chars"}
+    config = parse_config({"agent": {"device_id": "a"}, "moa": {"pairwise_template_file": "clf.txt"},
+                           "engine": {"kind": "synthetic"}}, base_dir=tmp_path)
+    assert config.moa.pairwise_template_file == tmp_path / "clf.txt"
+    assert [p[0] for p in check_resources(config)] == ["moa.pairwise_template_file"]

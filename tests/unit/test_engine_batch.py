@@ -87,7 +87,8 @@ def test_synthetic_engine_streams_its_echo_across_the_service_time():
     result = engine.generate(request, on_delta=lambda d: stamps.append((time.perf_counter() - started, d)))
     assert engine.streams and "".join(d for _, d in stamps) == result.text == engine.generate(request).text
     assert len(stamps) == len(result.text.split())
-    assert stamps[0][0] < 0.15 and stamps[-1][0] >= 0.19  # spread over the service time, not all at once
+    # spread over the service time, not all at once (sleep may overshoot on a loaded machine, never undershoot)
+    assert stamps[-1][0] >= 0.19 and stamps[-1][0] - stamps[0][0] >= 0.19 * (len(stamps) - 1) / len(stamps)
 
 
 @pytest.mark.parametrize("max_batch", [4, 1])
@@ -136,8 +137,9 @@ def test_synthetic_batch_profile_sets_the_step_cost(tmp_path):
     while len(batch):
         done += batch.step()
     assert sorted(tag for tag, _ in done) == [1, 2]
-    # 0.1 s of work at 1.5x per step: 0.15 s (sleep may overshoot on a loaded machine, never undershoot)
-    assert 0.145 <= time.perf_counter() - started < 0.5
+    # 0.1 s of work at 1.5x per step: at least 0.15 s (sleep may overshoot on a loaded machine, never
+    # undershoot, so only the lower bound is checked by the clock; the factor itself is checked above)
+    assert time.perf_counter() - started >= 0.145
 
 
 def test_the_worker_fails_a_bad_job_alone_and_reports_what_the_batch_holds():

@@ -35,7 +35,15 @@ def test_configs_parse_into_named_generators():
     assert again.generator == "edge-moa_M0_k0_sample2" and again.request() == {"layers": 0, "proposers": 0}
 
 
-@pytest.mark.parametrize("text", ["", "1", "a,b", "1,2,top_k=3", "-1,0", "0,0;0,0"])
+def test_aggregation_options_go_into_the_request_and_the_name():
+    config = parse_configs("1,2,aggregation=select,select_ranker=pairwise,reference_max_chars=2000", "smollm2")[0]
+    assert config.request() == {"layers": 1, "proposers": 2, "aggregation": "select", "select_ranker": "pairwise",
+                                "reference_max_chars": 2000}
+    assert config.generator == ("smollm2_M1_k2_aggregationselect_reference_max_chars2000_select_rankerpairwise")
+
+
+@pytest.mark.parametrize("text", ["", "1", "a,b", "1,2,top_k=3", "-1,0", "0,0;0,0", "1,2,aggregation=vote",
+                                  "1,2,select_ranker=listwise"])
 def test_bad_configs_name_the_chunk(text):
     with pytest.raises(ConfigError):
         parse_configs(text)
@@ -132,3 +140,14 @@ def test_sanity_pairs_put_the_good_answer_first():
 
 def test_durations():
     assert format_duration(75) == "1m15s" and format_duration(3 * 3600 + 120) == "3h02m"
+
+
+def test_stats_of_a_select_answer_keep_the_pick():
+    from edge_agent.eval.runner import answer_stats
+
+    answer = {"response": "two words", "latency_s": 1.0, "inferences": 4, "trace": [
+        {"layer": 1, "kind": "propose", "answered": [{"device": "a", "inference_s": 1.0}]},
+        {"layer": 2, "kind": "select", "ranker": "pointwise", "picked": 0, "scores": [5.5],
+         "answered": [{"device": "a", "inference_s": 0.5}]}]}
+    stats = answer_stats(answer, None)
+    assert stats["select"] == {"ranker": "pointwise", "picked": 0, "scores": [5.5]} and stats["board_s"] == 1.5

@@ -5,17 +5,21 @@ import random
 import pytest
 
 from edge_agent.agent.moa import (
+    ELLIPSIS,
     Finish,
     LayerDone,
     MoaRun,
     MoaTimeouts,
     RunLocal,
+    RunRank,
     SendTask,
+    cap_reference,
     inferences_per_prompt,
     proposal_messages,
     synthesis_text,
 )
-from edge_agent.config import SYNTHESIS_SYSTEM_PROMPT
+from edge_agent.config import REFERENCE_MAX_CHARS, SYNTHESIS_SYSTEM_PROMPT
+from edge_agent.ranking.select import Ranking
 from edge_agent.wire.messages import ErrorBody, UserRequest
 
 PEERS = ["b", "c", "d", "e"]
@@ -239,3 +243,126 @@ def test_own_slot_outliving_its_estimate_is_kept_while_the_engine_makes_progress
     run2.start([], rng, now=0.0)
     out = run2.on_tick([], rng, now=8.01)
     assert isinstance(out[0], Finish) and out[0].error.code == "timeout"
+
+
+# ---------------------------------------------------------------- aggregation strategies
+
+
+def select_run(layers, proposers, **fields) -> MoaRun:
+    run = make_run(layers, proposers)
+    run.request = run.request.model_copy(update={"aggregation": "select", **fields})
+    return run
+
+
+def drive_select(run: MoaRun, alive=PEERS, rank=None, answer=lambda device, task: f"{device}:L{task.layer}"):
+    """As `drive`, answering a RunRank with `rank(action) -> (Ranking | None, ErrorBody | None)`."""
+    rng = random.Random(0)
+    pending = list(run.start(alive, rng, now=0.0))
+    seen = []
+    while pending:
+        action = pending.pop(0)
+        seen.append(action)
+        if isinstance(action, (SendTask, RunLocal)):
+            device = action.device if isinstance(action, SendTask) else "a"
+            if isinstance(action, SendTask):
+                pending += run.on_ack(device, action.task.task_id, True, None, 1.0, alive, rng, now=0.0)
+            pending += run.on_result(device, action.task.task_id, answer(device, action.task), None, 0.5, alive,
+                                     rng, now=0.0, new_tokens=7)
+        elif isinstance(action, RunRank):
+            ranking, error = rank(action)
+            pending += run.on_ranked(action.task_id, ranking, error, 0.25, now=0.0)
+        elif isinstance(action, Finish):
+            return action, seen
+    raise AssertionError("run did not finish")
+
+
+def test_select_returns_the_ranked_best_proposal_verbatim_without_generating():
+    ranks = []
+
+    def rank(action):
+        ranks.append(action)
+        return Ranking(picked=2, scores=(3.0, 4.0, 8.5), prompt_tokens=120, prompts=3), None
+
+    finish, seen = drive_select(select_run(1, 2, select_ranker="pairwise"), rank=rank)
+    proposals = [e.device + ":L1" for e in finish.trace[0].answered]
+    assert finish.error is None and finish.response == proposals[2]
+    assert len(ranks) == 1 and list(ranks[0].answers) == proposals and ranks[0].ranker == "pairwise"
+    assert ranks[0].instruction == "Why is the sky blue?"
+    assert not [a for a in seen if isinstance(a, RunLocal) and a.task.layer == 2]  # no aggregation generation
+    step = finish.trace[-1]
+    assert step.kind == "select" and step.picked == 2 and step.scores == [3.0, 4.0, 8.5]
+    assert step.ranker == "pairwise" and step.answered[0].inference_s == 0.25
+    assert step.answered[0].new_tokens == 0 and step.answered[0].prompt_tokens == 120
+    assert finish.inferences == inferences_per_prompt(1, 2)  # 3 proposals + 1 ranking job
+
+
+def test_select_with_one_proposal_returns_it_without_ranking():
+    def rank(action):
+        raise AssertionError("nothing to rank")
+
+    finish, seen = drive_select(select_run(1, 2), alive=[], rank=rank)
+    assert finish.error is None and finish.response == "a:L1"
+    assert not any(isinstance(a, RunRank) for a in seen)
+    step = finish.trace[-1]
+    assert step.kind == "select" and step.picked == 0 and step.scores is None and step.answered == []
+    assert finish.inferences == 1
+
+
+def test_a_ranker_error_is_the_one_error_reply():
+    finish, seen = drive_select(select_run(1, 1), rank=lambda action: (None, ErrorBody(code="inference_failed",
+                                                                                       message="boom")))
+    assert finish.error.code == "inference_failed" and "ranking the proposals failed: boom" in finish.error.message
+    assert sum(isinstance(a, Finish) for a in seen) == 1
+
+
+def test_a_ranking_past_its_deadline_times_out_and_never_moves_to_a_peer():
+    run = select_run(1, 1)
+    run.local_eta = lambda: 1.0
+    rng = random.Random(0)
+    actions = run.start(["b"], rng, now=0.0)
+    sent = next(a for a in actions if isinstance(a, SendTask))
+    local = next(a for a in actions if isinstance(a, RunLocal))
+    run.on_result("a", local.task.task_id, "mine", None, 0.1, ["b"], rng, now=0.1)
+    run.on_ack("b", sent.task.task_id, True, None, 1.0, ["b"], rng, now=0.1)
+    out = run.on_result("b", sent.task.task_id, "theirs", None, 0.1, ["b"], rng, now=0.2)
+    rank = next(a for a in out if isinstance(a, RunRank))
+    late = run.on_tick(["b", "c"], rng, now=100.0)
+    assert len(late) == 1 and isinstance(late[0], Finish) and late[0].error.code == "timeout"
+    assert run.on_ranked(rank.task_id, Ranking(0, (1.0, 2.0), 1, 2), None, 1.0, now=101.0) == []
+
+
+def test_select_resumes_at_its_ranking_after_a_restart():
+    resumed = select_run(1, 2)
+    resumed.layer, resumed.previous = 2, ["x", "y", "z"]
+    actions = resumed.start(PEERS, random.Random(0), now=0.0)
+    assert len(actions) == 1 and isinstance(actions[0], RunRank) and actions[0].answers == ("x", "y", "z")
+    done = resumed.on_ranked(actions[0].task_id, Ranking(1, (1.0, 9.0, 2.0), 10, 3), None, 0.1, now=0.2)
+    assert isinstance(done[0], Finish) and done[0].response == "y"
+
+
+def test_select_with_no_layers_generates_the_answer():
+    finish, _ = drive_select(select_run(0, 0), rank=lambda action: (_ for _ in ()).throw(AssertionError()))
+    assert finish.response == "a:L1" and finish.trace[-1].kind == "aggregate"
+
+
+def test_reference_cap_cuts_at_a_word_boundary_and_says_so():
+    text = "The quick brown fox jumps over the lazy dog. " * 20
+    cut = cap_reference(text, 50)
+    assert len(cut) <= 50 and cut.endswith(ELLIPSIS) and cut == "The quick brown fox jumps over the lazy dog." + ELLIPSIS
+    assert cap_reference(text, 0) == text and cap_reference("short", 50) == "short"
+    assert cap_reference("x" * 100, 20) == "x" * (20 - len(ELLIPSIS)) + ELLIPSIS  # one long word: cut inside it
+    answer_256_tokens = " ".join(["abcdefgh"] * 256)  # ~2,300 chars: more than any 256-token answer has
+    assert cap_reference(answer_256_tokens, REFERENCE_MAX_CHARS) == answer_256_tokens
+
+
+def test_capped_references_in_layer_two_and_the_aggregation_prompt():
+    run = make_run(2, 1)
+    run.request = run.request.model_copy(update={"reference_max_chars": 30})
+    long = "word " * 100
+    finish, tasks = drive(run, answer=lambda device, task: long)
+    for _, task in tasks:
+        if task.layer >= 2:
+            system = task.messages[0].content
+            assert system.count(ELLIPSIS) == 2 and long not in system
+            assert all(len(part.split(": ", 1)[1]) <= 30 for part in system.split("\n\nResponse-")[1:])
+    assert finish.response == long  # the answer itself is never cut
