@@ -25,6 +25,15 @@ import numpy as np
 
 from ..artifact.block_offsets import write_block_offsets
 from ..artifact.manifest import BLOCK_OFFSETS_FILE, EMBEDDING_FILES
+from .gguf_blocks import FOUR_BIT, unpack_8bit_blocks, unpack_blocks
+
+__all__ = [
+    "apply_exact_weights",
+    "offset_digits",
+    "pack_for_matmul_nbits",
+    "reverse_permute",
+    "unpack_blocks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +54,6 @@ _LAYER_MAP = {
     "mlp.down_proj": ("ffn_down",),
 }
 _NAME = re.compile(r"^model\.layers\.(\d+)\.(attn\.\w+|mlp\.\w+)\.MatMul\.weight_Q4$")
-
-
-def unpack_blocks(tensor_type: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(q uint8 [N, nb, 32], d float32 [N, nb], m float32 [N, nb]) with w = d*q + m; None for other types."""
-    rows = raw.shape[0]
-    if tensor_type == "Q4_1":
-        blocks = raw.reshape(rows, -1, 20)
-        d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-        m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-        nibbles = blocks[..., 4:20]
-    elif tensor_type == "Q4_0":
-        blocks = raw.reshape(rows, -1, 18)
-        d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-        m = -8.0 * d
-        nibbles = blocks[..., 2:18]
-    else:
-        return None
-    # ggml packs weight j (< 16) in the low nibble of byte j and weight j + 16 in its high nibble
-    q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1).astype(np.uint8)
-    return q, d, m
 
 
 def pack_for_matmul_nbits(q: np.ndarray) -> np.ndarray:
@@ -102,6 +91,7 @@ def apply_exact_weights(
     model = onnx.load(str(model_dir / "model.onnx"))
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
+    permuted = _field(reader, "general.architecture") == "llama"  # transformers reverse-permutes llama only
     new_nodes, replaced, augmented, offsets = [], 0, {}, []
     for node in graph.node:
         new_nodes.append(node)
@@ -111,57 +101,62 @@ def apply_exact_weights(
         names = [f"blk.{layer}.{part}.weight" for part in _LAYER_MAP.get(kind, ())]
         if not names or not all(n in tensors for n in names):
             continue
-        unpacked = [unpack_blocks(tensors[n].tensor_type.name, np.asarray(tensors[n].data)) for n in names]
-        if any(u is None for u in unpacked):
-            continue
-        parts = []
-        for name, (q, d, m) in zip(names, unpacked):  # type: ignore[misc]
-            if name.endswith("attn_q.weight"):
-                q, d, m = (reverse_permute(a, num_heads) for a in (q, d, m))
-            elif name.endswith("attn_k.weight"):
-                q, d, m = (reverse_permute(a, num_kv_heads) for a in (q, d, m))
-            parts.append((q, d, m))
-        q = np.concatenate([p[0] for p in parts])
-        d = np.concatenate([p[1] for p in parts])
-        m = np.concatenate([p[2] for p in parts])
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        n_out, k_in, n_blocks = attrs["N"], attrs["K"], q.shape[1]
-        if (
-            attrs.get("bits") != 4
-            or attrs.get("block_size") != _BLOCK
-            or q.shape[0] != n_out
-            or n_blocks * _BLOCK != k_in
-        ):
-            log.warning("%s: shapes differ from the GGUF's, keeping the builder's weights", node.name)
+        n_out, k_in = attrs["N"], attrs["K"]
+        if attrs.get("bits") != 4 or attrs.get("block_size") != _BLOCK:
+            log.warning("%s: not the builder's 4-bit blocks of 32, keeping its weights", node.name)
             continue
-        packed, scales = pack_for_matmul_nbits(q), d
-        correction = m + 8.0 * d  # what the symmetric kernel's implicit zero point 8 leaves out
-        zero_points = None
-        if np.any(correction != 0) and not portable:
-            z = np.clip(np.rint(-m / np.where(d == 0, 1, d)), 0, 15).astype(np.uint8)
-            zero_points = pack_zero_points(z)
-            if np.any(m + d * z != 0):
-                offsets.append((d.astype(np.float16), z, m.astype(np.float16)))
-        elif np.any(correction != 0):
-            x = node.input[0]
-            if x not in augmented:  # the block-sum nodes go before the first node that reads them
-                augmented[x], nodes = _block_sums_appended(graph, inits, x, k_in)
-                new_nodes[-1:-1] = nodes
-            node.input[0] = augmented[x]
-            digit_q, digit_scales = offset_digits(correction)
-            packed = np.concatenate([packed, pack_for_matmul_nbits(digit_q)], axis=1)
-            scales = np.concatenate([d, digit_scales], axis=1)
+        heads = {"attn_q": num_heads, "attn_k": num_kv_heads} if permuted else {}
+        types = {tensors[n].tensor_type.name for n in names}
+        if types <= set(FOUR_BIT):
+            unpacked = [
+                unpack_blocks(tensors[n].tensor_type.name, np.asarray(tensors[n].data)) for n in names
+            ]
+            q, d, m = (
+                np.concatenate([_unpermuted(a, name, heads) for name, a in zip(names, column)])
+                for column in zip(*unpacked)  # type: ignore[misc]
+            )
+            if q.shape[0] != n_out or q.shape[1] * _BLOCK != k_in:
+                log.warning("%s: shapes differ from the GGUF's, keeping the builder's weights", node.name)
+                continue
+            packed, scales, zero_points = _four_bit(
+                node, q, d, m, portable=portable, offsets=offsets, add=new_nodes, graph=graph, inits=inits,
+                augmented=augmented,
+            )  # fmt: skip
+            bits, block = 4, _BLOCK
+        else:
+            eight = _eight_bit(names, tensors, heads, k_in)
+            if eight is None:
+                continue
+            packed, scales = eight
+            if packed.shape[0] != n_out or packed.shape[1] * packed.shape[2] != k_in:
+                log.warning("%s: shapes differ from the GGUF's, keeping the builder's weights", node.name)
+                continue
+            zero_points, bits, block = None, 8, packed.shape[2]
             for attribute in node.attribute:
-                if attribute.name == "K":
-                    attribute.i = k_in + digit_q.shape[1] * _BLOCK
+                if attribute.name == "bits":
+                    attribute.i = 8
+                elif attribute.name == "block_size":
+                    attribute.i = block
+        bias = node.input[5] if len(node.input) > 5 else ""
         b_name, s_name = node.input[1], node.input[2]
-        inits[b_name].CopyFrom(numpy_helper.from_array(packed, b_name))
-        inits[s_name].CopyFrom(numpy_helper.from_array(scales.reshape(-1), s_name))
-        del node.input[3:]  # no zero points: the symmetric kernel's implicit 8
+        if bits == 8:
+            base = b_name.removesuffix("weight_Q4")  # new names: the builder's 4-bit ones have other shapes
+            b_name, s_name = f"{base}weight_Q8", f"{base}weight_scales_Q8"
+            node.input[1], node.input[2] = b_name, s_name
+            graph.initializer.extend(  # the builder's 4-bit ones are dropped as unused below
+                [numpy_helper.from_array(packed, b_name), numpy_helper.from_array(scales.reshape(-1), s_name)]
+            )
+        else:
+            inits[b_name].CopyFrom(numpy_helper.from_array(packed, b_name))
+            inits[s_name].CopyFrom(numpy_helper.from_array(scales.reshape(-1), s_name))
+        del node.input[3:]  # no zero points: the symmetric kernel's implicit 8 (4-bit) or 128 (8-bit)
         if zero_points is not None:
             zp_name = b_name.replace("weight_Q4", "weight_zero_points")
             graph.initializer.append(numpy_helper.from_array(zero_points, zp_name))
             node.input.append(zp_name)
+        if bias:  # MatMulNBits' optional inputs: zero points, g_idx, bias
+            node.input.extend([""] * (5 - len(node.input)) + [bias])
         replaced += 1
     stale_shapes = [v for v in graph.value_info if v.name.startswith("/model/embed_tokens/")]
     for value in stale_shapes:
@@ -171,8 +166,11 @@ def apply_exact_weights(
     graph.node.extend(new_nodes)
     replaced += _output_head(graph, tensors)
     table = tensors.get("token_embd.weight")
-    if table is not None and table.tensor_type.name == "Q8_0":
-        take_embeddings_out(graph, *_q8_0(table), model_dir)
+    if table is not None and (rows := unpack_8bit_blocks(table.tensor_type.name, np.asarray(table.data))):
+        u, s = rows
+        if u.shape[2] == _BLOCK:  # Q8_0, Q5_0: d*(q - c) with q - c in int8 and d a float16 value
+            signed = (u.astype(np.int16) - 128).astype(np.int8).reshape(u.shape[0], -1)
+            take_embeddings_out(graph, signed, s.astype(np.float16), model_dir)
     _drop_unused_initializers(graph)
     if offsets:
         write_block_offsets(model_dir / BLOCK_OFFSETS_FILE, offsets)
@@ -186,6 +184,86 @@ def apply_exact_weights(
         size_threshold=1024,
     )
     return replaced
+
+
+def _field(reader, key: str):
+    """A GGUF metadata string (None when absent)."""
+    field = reader.fields.get(key)
+    return None if field is None else bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def _unpermuted(rows: np.ndarray, name: str, heads: dict[str, int]) -> np.ndarray:
+    """A GGUF tensor's rows in the checkpoint's order: llama.cpp permutes llama's Q and K rows only."""
+    part = name.split(".")[2]
+    return reverse_permute(rows, heads[part]) if part in heads else rows
+
+
+def _four_bit(
+    node, q, d, m, *, portable: bool, offsets: list, add: list, graph, inits: dict, augmented: dict
+):
+    """(packed weights, scales, zero points or None) of a 4-bit `w = d*q + m` weight; records the exact block
+    minimums in `offsets` (tuned form) or adds the digit blocks and the input's block sums (portable form)."""
+    packed, scales = pack_for_matmul_nbits(q), d
+    correction = m + 8.0 * d  # what the symmetric kernel's implicit zero point 8 leaves out
+    if not np.any(correction != 0):
+        return packed, scales, None
+    if not portable:
+        z = np.clip(np.rint(-m / np.where(d == 0, 1, d)), 0, 15).astype(np.uint8)
+        if np.any(m + d * z != 0):
+            offsets.append((_compact(d), z, _compact(m)))
+        return packed, scales, pack_zero_points(z)
+    x, k_in = node.input[0], q.shape[1] * _BLOCK
+    if x not in augmented:  # the block-sum nodes go before the first node that reads them
+        augmented[x], nodes = _block_sums_appended(graph, inits, x, k_in)
+        add[-1:-1] = nodes
+    node.input[0] = augmented[x]
+    digit_q, digit_scales = offset_digits(correction)
+    for attribute in node.attribute:
+        if attribute.name == "K":
+            attribute.i = k_in + digit_q.shape[1] * _BLOCK
+    return (
+        np.concatenate([packed, pack_for_matmul_nbits(digit_q)], axis=1),
+        np.concatenate([d, digit_scales], axis=1),
+        None,
+    )
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """float16 where that holds every value exactly (Q4_0/Q4_1), else float32 (Q4_K's d*sc and dmin*mn)."""
+    half = values.astype(np.float16)
+    return half if np.array_equal(half.astype(np.float32), values) else values.astype(np.float32)
+
+
+def _eight_bit(names: list[str], tensors: dict, heads: dict[str, int], k_in: int):
+    """(u uint8 [N, nb, block], s float32 [N, nb]) of an 8-bit MatMulNBits weight: the GGUF's own integers when
+    every part is Q5_0/Q8_0/Q6_K with one block size; otherwise (parts of different types, other quantized
+    types) the GGUF's dequantized weights re-rounded to 8 bits in blocks of 32, a quarter step or less of any
+    4-bit-or-wider GGUF type. None when a part is not quantized (the builder's own int4 is kept)."""
+    types = [tensors[n].tensor_type.name for n in names]
+    unpacked = [unpack_8bit_blocks(t, np.asarray(tensors[n].data)) for n, t in zip(names, types)]
+    if all(u is not None for u in unpacked) and len({u[0].shape[2] for u in unpacked}) == 1:  # type: ignore[index]
+        u, s = (
+            np.concatenate([_unpermuted(a, name, heads) for name, a in zip(names, column)])
+            for column in zip(*unpacked)  # type: ignore[misc]
+        )
+        return u, s
+    if any(t in ("F32", "F16", "BF16") for t in types):
+        return None
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    dense = np.concatenate(
+        [
+            _unpermuted(
+                dequantize(np.asarray(tensors[n].data), GGMLQuantizationType[t]).reshape(-1, k_in), n, heads
+            )
+            for n, t in zip(names, types)
+        ]
+    ).astype(np.float32)
+    blocks = dense.reshape(dense.shape[0], -1, _BLOCK)
+    s = np.abs(blocks).max(axis=-1) / 127.0
+    s[s == 0] = 1.0
+    return (np.clip(np.rint(blocks / s[..., None]), -127, 127) + 128).astype(np.uint8), s.astype(np.float32)
 
 
 def offset_digits(correction: np.ndarray, digits: int = _DIGITS) -> tuple[np.ndarray, np.ndarray]:
@@ -270,7 +348,10 @@ def _output_head(graph, tensors: dict) -> int:
     parts = []
     for start in range(0, n_out, rows):
         end = min(n_out, start + rows)
-        b_name, s_name = f"lm_head.MatMul.weight_Q8.rows{start}", f"lm_head.MatMul.weight_scales_Q8.rows{start}"
+        b_name, s_name = (
+            f"lm_head.MatMul.weight_Q8.rows{start}",
+            f"lm_head.MatMul.weight_scales_Q8.rows{start}",
+        )
         graph.initializer.extend(
             [
                 numpy_helper.from_array(u[start:end], b_name),

@@ -73,3 +73,37 @@ def test_where_the_kernel_cannot_be_patched_the_build_is_portable(default_model_
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize(("kind", "block"), [("Q5_0", 32), ("Q6_K", 16)])
+def test_q5_0_and_q6_k_as_8_bit_blocks_give_the_dequantized_matmul(kind: str, block: int):
+    """The GGUF's integers shifted into 8-bit MatMulNBits (implicit zero point 128), on the kernel the builder's
+    graphs use (accuracy_level 4: int8 activations): what is left is the activations' int8 rounding."""
+    from gguf import GGMLQuantizationType, dequantize
+
+    from edge_agent.model.gguf_blocks import unpack_8bit_blocks
+
+    rng = np.random.default_rng(1)
+    n, k = 40, 512
+    size = {"Q5_0": 22 * k // 32, "Q6_K": 210 * k // 256}[kind]
+    raw = rng.integers(0, 256, size=(n, size), dtype=np.uint8)
+    d_at = {"Q5_0": range(0, size, 22), "Q6_K": range(208, size, 210)}[kind]
+    for offset in d_at:  # finite fp16 scales
+        raw[:, offset : offset + 2] = rng.uniform(0.001, 0.01, size=(n, 1)).astype(np.float16).view(np.uint8)
+    dense = dequantize(raw, getattr(GGMLQuantizationType, kind)).astype(np.float32)
+    u, s = unpack_8bit_blocks(kind, raw)
+    assert u.shape[2] == block
+    x = rng.normal(size=(1, 3, k)).astype(np.float32)
+    exact = x @ dense.T
+    errors = {}
+    for level in (1, 4):
+        session = matmul_nbits_session(
+            k, n, {"B": u, "scales": s.reshape(-1)}, bits=8, block_size=block, accuracy_level=level
+        )
+        (y,) = session.run(None, {"x": x})
+        errors[level] = np.abs(y - exact).max()
+    scale = np.abs(exact).max()
+    assert errors[1] < 1e-5 * scale  # fp32 activations: exact up to float summation
+    assert errors[4] < 2e-2 * scale  # int8 activations
+    rounded = x @ (np.rint(dense / np.abs(dense).max() * 7) * np.abs(dense).max() / 7).T  # a 4-bit re-rounding
+    assert errors[4] < np.abs(rounded - exact).max() / 4
