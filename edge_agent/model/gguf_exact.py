@@ -8,7 +8,14 @@ ride in the same kernel call: the input gets its 32-element block sums appended 
 second). One MatMulNBits per weight and no fp32 side matrices: a separate offset MatMul read 13 MB of fp32 per
 token and cost 25-30 % of decode (issue 3); the digits cost KL +0.0008 against the fp32 reference.
 Q4_0 (`d*(q-8)`) needs no constants. Re-rounding the dequantized weights instead moved the next-token
-distribution by KL 0.31 (issue 3). Other GGUF types keep the builder's own quantization.
+distribution by KL 0.31 (issue 3). Q4_K is the same affine form per 32-weight sub-block (gguf_blocks.py), with
+float32 block constants.
+
+Wider GGUF types go into 8-bit MatMulNBits (`s*(u - 128)`), exactly: Q5_0 and Q8_0 in blocks of 32, Q6_K in
+blocks of 16 (Qwen2.5-0.5B's Q4_K_M file is mostly Q5_0: 896 columns are no multiple of 256, so llama.cpp used
+Q5_0 there; the builder's int4 of it cost KL 0.095 against llama.cpp, the exact path 0.0016). A fused weight of
+mixed types (Q4_K q and k with a Q6_K v) is re-rounded to 8 bits from the GGUF's dequantized values; unquantized
+parts keep the builder's own quantization.
 
 That digit form is exact on any onnxruntime ("portable"). The default form is faster: integer zero points
 `z = round(-m/d)` in the graph and the exact minimums in `block_offsets.npz`, which the engine writes into the
@@ -93,6 +100,7 @@ def apply_exact_weights(
     inits = {init.name: init for init in graph.initializer}
     permuted = _field(reader, "general.architecture") == "llama"  # transformers reverse-permutes llama only
     new_nodes, replaced, augmented, offsets = [], 0, {}, []
+    forms: dict[str, int] = {}
     for node in graph.node:
         new_nodes.append(node)
         if node.op_type != "MatMulNBits" or not (match := _NAME.match(node.input[1])):
@@ -123,12 +131,13 @@ def apply_exact_weights(
                 node, q, d, m, portable=portable, offsets=offsets, add=new_nodes, graph=graph, inits=inits,
                 augmented=augmented,
             )  # fmt: skip
-            bits, block = 4, _BLOCK
+            bits, block, form = 4, _BLOCK, "4-bit exact"
         else:
             eight = _eight_bit(names, tensors, heads, k_in)
             if eight is None:
                 continue
-            packed, scales = eight
+            packed, scales, exact = eight
+            form = "8-bit exact" if exact else "8-bit re-rounded"
             if packed.shape[0] != n_out or packed.shape[1] * packed.shape[2] != k_in:
                 log.warning("%s: shapes differ from the GGUF's, keeping the builder's weights", node.name)
                 continue
@@ -158,13 +167,18 @@ def apply_exact_weights(
         if bias:  # MatMulNBits' optional inputs: zero points, g_idx, bias
             node.input.extend([""] * (5 - len(node.input)) + [bias])
         replaced += 1
+        forms[form] = forms.get(form, 0) + 1
     stale_shapes = [v for v in graph.value_info if v.name.startswith("/model/embed_tokens/")]
     for value in stale_shapes:
         graph.value_info.remove(value)
     # still topological: the block-sum nodes follow x's producer and precede x_aug's first reader
     del graph.node[:]
     graph.node.extend(new_nodes)
-    replaced += _output_head(graph, tensors)
+    head = _output_head(graph, tensors)
+    replaced += head
+    log.info(
+        "GGUF weights: %s%s", ", ".join(f"{n} {f}" for f, n in forms.items()) or "none", ", 8-bit head" * head
+    )
     table = tensors.get("token_embd.weight")
     if table is not None and (rows := unpack_8bit_blocks(table.tensor_type.name, np.asarray(table.data))):
         u, s = rows
@@ -235,7 +249,7 @@ def _compact(values: np.ndarray) -> np.ndarray:
 
 
 def _eight_bit(names: list[str], tensors: dict, heads: dict[str, int], k_in: int):
-    """(u uint8 [N, nb, block], s float32 [N, nb]) of an 8-bit MatMulNBits weight: the GGUF's own integers when
+    """(u uint8 [N, nb, block], s float32 [N, nb], exact) of an 8-bit MatMulNBits weight: the GGUF's own integers when
     every part is Q5_0/Q8_0/Q6_K with one block size; otherwise (parts of different types, other quantized
     types) the GGUF's dequantized weights re-rounded to 8 bits in blocks of 32, a quarter step or less of any
     4-bit-or-wider GGUF type. None when a part is not quantized (the builder's own int4 is kept)."""
@@ -246,7 +260,7 @@ def _eight_bit(names: list[str], tensors: dict, heads: dict[str, int], k_in: int
             np.concatenate([_unpermuted(a, name, heads) for name, a in zip(names, column)])
             for column in zip(*unpacked)  # type: ignore[misc]
         )
-        return u, s
+        return u, s, True
     if any(t in ("F32", "F16", "BF16") for t in types):
         return None
     from gguf import GGMLQuantizationType
@@ -263,7 +277,11 @@ def _eight_bit(names: list[str], tensors: dict, heads: dict[str, int], k_in: int
     blocks = dense.reshape(dense.shape[0], -1, _BLOCK)
     s = np.abs(blocks).max(axis=-1) / 127.0
     s[s == 0] = 1.0
-    return (np.clip(np.rint(blocks / s[..., None]), -127, 127) + 128).astype(np.uint8), s.astype(np.float32)
+    return (
+        (np.clip(np.rint(blocks / s[..., None]), -127, 127) + 128).astype(np.uint8),
+        s.astype(np.float32),
+        False,
+    )
 
 
 def offset_digits(correction: np.ndarray, digits: int = _DIGITS) -> tuple[np.ndarray, np.ndarray]:
@@ -304,18 +322,10 @@ def _block_sums_appended(graph, inits: dict, x: str, k_in: int) -> tuple[str, li
     return augmented, nodes
 
 
-def _q8_0(tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(q int8 [rows, cols], d float16 [rows, cols/32]) of a GGUF Q8_0 tensor: w = d*q."""
-    raw = np.asarray(tensor.data)
-    blocks = raw.reshape(raw.shape[0], -1, 34)
-    d = blocks[..., 0:2].copy().view(np.float16)[..., 0]
-    q = blocks[..., 2:34].copy().view(np.int8).reshape(raw.shape[0], -1)
-    return q, d
-
-
 def _output_head(graph, tensors: dict) -> int:
-    """Q8_0 output head -> 8-bit MatMulNBits in 64-weight blocks, re-rounded from the Q8_0 values, split by
-    output rows into parts of at most 8 MB joined by a Concat.
+    """Quantized output head (Q8_0; Q6_K in Qwen2.5-1.5B's Q4_K_M, any type gguf-py dequantizes) -> 8-bit
+    MatMulNBits in 64-weight blocks, re-rounded from the GGUF's values, split by output rows into parts of at
+    most 8 MB joined by a Concat.
 
     onnxruntime's 8-bit kernel runs a 64-block head 2.2x faster than a 32-block one (docs/performance.md); the
     re-rounding is at 8-bit precision. A 4-bit head instead cost KL 0.11. The parts are prepacked one after the
@@ -327,16 +337,23 @@ def _output_head(graph, tensors: dict) -> int:
     head = next(
         (n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1].startswith("lm_head.")), None
     )
-    if source is None or head is None or source.tensor_type.name != "Q8_0":
+    if source is None or head is None or source.tensor_type.name in ("F32", "F16", "BF16"):
         return 0
-    q, d = _q8_0(source)
-    n_out, k_in = q.shape
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
     attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
-    if attrs["N"] != n_out or attrs["K"] != k_in:
+    n_out, k_in = attrs["N"], attrs["K"]
+    try:  # Q8_0: float32(d) * q, as ggml computes it
+        dense = dequantize(np.asarray(source.data), GGMLQuantizationType[source.tensor_type.name])
+    except NotImplementedError:
+        return 0
+    if dense.size != n_out * k_in or dense.shape[0] != n_out:
         return 0
     n_blocks = -(-k_in // _HEAD_BLOCK)
     weights = np.zeros((n_out, n_blocks * _HEAD_BLOCK), np.float32)
-    weights[:, :k_in] = (q.reshape(n_out, -1, _BLOCK) * d[..., None].astype(np.float32)).reshape(n_out, k_in)
+    weights[:, :k_in] = dense.reshape(n_out, k_in)
+    del dense
     blocks = weights.reshape(n_out, n_blocks, _HEAD_BLOCK)
     scales = np.abs(blocks).max(axis=-1) / 127.0
     scales[scales == 0] = 1.0
