@@ -8,7 +8,8 @@ import numpy as np
 
 
 def write_block_offsets(path: Path, weights: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-    """Save (d float16 [N, blocks], z uint8 [N, blocks], m float16 [N, blocks]) per patched weight."""
+    """Save (d [N, blocks], z uint8 [N, blocks], m [N, blocks]) per patched weight: d and m float16 where that is
+    exact (Q4_1), float32 otherwise (Q4_K's sub-block scales and minimums)."""
     arrays = {}
     for index, (d, z, m) in enumerate(weights):
         arrays[f"{index}.d"], arrays[f"{index}.z"], arrays[f"{index}.m"] = d, z, m

@@ -1,4 +1,4 @@
-"""Exact GGUF Q4_1 block minimums inside onnxruntime's fast 4-bit kernel.
+"""Exact GGUF Q4_1 (and Q4_K) block minimums inside onnxruntime's fast 4-bit kernel.
 
 A Q4_1 block of 32 weights is `w = d*q + m`. MatMulNBits computes `w = scale*(q - zp)`; its fast kernel (int8
 activations, accuracy_level 4) splits that into `scale*q`, dotted in integers, plus a per-block constant

@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 # 3: Q4_1 block constants as integer zero points + exact minimums the engine writes into onnxruntime's buffers.
 # 4: a tuned build records the onnxruntime version and CPU features it was probed on and the portable graph's
 #    logits on a fixed text, which the engine checks after writing the minimums (issue 13).
-PIPELINE = 4
+# 5: Q4_K blocks exact in 4-bit MatMulNBits (float32 block constants), Q5_0/Q8_0/Q6_K weights exact in 8-bit ones,
+#    a Q5_0 token table outside the graph, llama.cpp's Q/K row permutation undone for llama only (Qwen2, Gemma 3).
+PIPELINE = 5
 
 # Kept beside the graph: what the engine needs, plus genai_config.json so onnxruntime-genai can run it too
 # (dropped when the token table leaves the graph).

@@ -8,7 +8,14 @@ ride in the same kernel call: the input gets its 32-element block sums appended 
 second). One MatMulNBits per weight and no fp32 side matrices: a separate offset MatMul read 13 MB of fp32 per
 token and cost 25-30 % of decode (issue 3); the digits cost KL +0.0008 against the fp32 reference.
 Q4_0 (`d*(q-8)`) needs no constants. Re-rounding the dequantized weights instead moved the next-token
-distribution by KL 0.31 (issue 3). Other GGUF types keep the builder's own quantization.
+distribution by KL 0.31 (issue 3). Q4_K is the same affine form per 32-weight sub-block (gguf_blocks.py), with
+float32 block constants.
+
+Wider GGUF types go into 8-bit MatMulNBits (`s*(u - 128)`), exactly: Q5_0 and Q8_0 in blocks of 32, Q6_K in
+blocks of 16 (Qwen2.5-0.5B's Q4_K_M file is mostly Q5_0: 896 columns are no multiple of 256, so llama.cpp used
+Q5_0 there; the builder's int4 of it cost KL 0.095 against llama.cpp, the exact path 0.0016). A fused weight of
+mixed types (Q4_K q and k with a Q6_K v) is re-rounded to 8 bits from the GGUF's dequantized values; unquantized
+parts keep the builder's own quantization.
 
 That digit form is exact on any onnxruntime ("portable"). The default form is faster: integer zero points
 `z = round(-m/d)` in the graph and the exact minimums in `block_offsets.npz`, which the engine writes into the
@@ -25,6 +32,15 @@ import numpy as np
 
 from ..artifact.block_offsets import write_block_offsets
 from ..artifact.manifest import BLOCK_OFFSETS_FILE, EMBEDDING_FILES
+from .gguf_blocks import FOUR_BIT, unpack_8bit_blocks, unpack_blocks
+
+__all__ = [
+    "apply_exact_weights",
+    "offset_digits",
+    "pack_for_matmul_nbits",
+    "reverse_permute",
+    "unpack_blocks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +61,6 @@ _LAYER_MAP = {
     "mlp.down_proj": ("ffn_down",),
 }
 _NAME = re.compile(r"^model\.layers\.(\d+)\.(attn\.\w+|mlp\.\w+)\.MatMul\.weight_Q4$")
-
-
-def unpack_blocks(tensor_type: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(q uint8 [N, nb, 32], d float32 [N, nb], m float32 [N, nb]) with w = d*q + m; None for other types."""
-    rows = raw.shape[0]
-    if tensor_type == "Q4_1":
-        blocks = raw.reshape(rows, -1, 20)
-        d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-        m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-        nibbles = blocks[..., 4:20]
-    elif tensor_type == "Q4_0":
-        blocks = raw.reshape(rows, -1, 18)
-        d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-        m = -8.0 * d
-        nibbles = blocks[..., 2:18]
-    else:
-        return None
-    # ggml packs weight j (< 16) in the low nibble of byte j and weight j + 16 in its high nibble
-    q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1).astype(np.uint8)
-    return q, d, m
 
 
 def pack_for_matmul_nbits(q: np.ndarray) -> np.ndarray:
@@ -102,7 +98,9 @@ def apply_exact_weights(
     model = onnx.load(str(model_dir / "model.onnx"))
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
+    permuted = _field(reader, "general.architecture") == "llama"  # transformers reverse-permutes llama only
     new_nodes, replaced, augmented, offsets = [], 0, {}, []
+    forms: dict[str, int] = {}
     for node in graph.node:
         new_nodes.append(node)
         if node.op_type != "MatMulNBits" or not (match := _NAME.match(node.input[1])):
@@ -111,68 +109,82 @@ def apply_exact_weights(
         names = [f"blk.{layer}.{part}.weight" for part in _LAYER_MAP.get(kind, ())]
         if not names or not all(n in tensors for n in names):
             continue
-        unpacked = [unpack_blocks(tensors[n].tensor_type.name, np.asarray(tensors[n].data)) for n in names]
-        if any(u is None for u in unpacked):
-            continue
-        parts = []
-        for name, (q, d, m) in zip(names, unpacked):  # type: ignore[misc]
-            if name.endswith("attn_q.weight"):
-                q, d, m = (reverse_permute(a, num_heads) for a in (q, d, m))
-            elif name.endswith("attn_k.weight"):
-                q, d, m = (reverse_permute(a, num_kv_heads) for a in (q, d, m))
-            parts.append((q, d, m))
-        q = np.concatenate([p[0] for p in parts])
-        d = np.concatenate([p[1] for p in parts])
-        m = np.concatenate([p[2] for p in parts])
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        n_out, k_in, n_blocks = attrs["N"], attrs["K"], q.shape[1]
-        if (
-            attrs.get("bits") != 4
-            or attrs.get("block_size") != _BLOCK
-            or q.shape[0] != n_out
-            or n_blocks * _BLOCK != k_in
-        ):
-            log.warning("%s: shapes differ from the GGUF's, keeping the builder's weights", node.name)
+        n_out, k_in = attrs["N"], attrs["K"]
+        if attrs.get("bits") != 4 or attrs.get("block_size") != _BLOCK:
+            log.warning("%s: not the builder's 4-bit blocks of 32, keeping its weights", node.name)
             continue
-        packed, scales = pack_for_matmul_nbits(q), d
-        correction = m + 8.0 * d  # what the symmetric kernel's implicit zero point 8 leaves out
-        zero_points = None
-        if np.any(correction != 0) and not portable:
-            z = np.clip(np.rint(-m / np.where(d == 0, 1, d)), 0, 15).astype(np.uint8)
-            zero_points = pack_zero_points(z)
-            if np.any(m + d * z != 0):
-                offsets.append((d.astype(np.float16), z, m.astype(np.float16)))
-        elif np.any(correction != 0):
-            x = node.input[0]
-            if x not in augmented:  # the block-sum nodes go before the first node that reads them
-                augmented[x], nodes = _block_sums_appended(graph, inits, x, k_in)
-                new_nodes[-1:-1] = nodes
-            node.input[0] = augmented[x]
-            digit_q, digit_scales = offset_digits(correction)
-            packed = np.concatenate([packed, pack_for_matmul_nbits(digit_q)], axis=1)
-            scales = np.concatenate([d, digit_scales], axis=1)
+        heads = {"attn_q": num_heads, "attn_k": num_kv_heads} if permuted else {}
+        types = {tensors[n].tensor_type.name for n in names}
+        if types <= set(FOUR_BIT):
+            unpacked = [
+                unpack_blocks(tensors[n].tensor_type.name, np.asarray(tensors[n].data)) for n in names
+            ]
+            q, d, m = (
+                np.concatenate([_unpermuted(a, name, heads) for name, a in zip(names, column)])
+                for column in zip(*unpacked)  # type: ignore[misc]
+            )
+            if q.shape[0] != n_out or q.shape[1] * _BLOCK != k_in:
+                log.warning("%s: shapes differ from the GGUF's, keeping the builder's weights", node.name)
+                continue
+            packed, scales, zero_points = _four_bit(
+                node, q, d, m, portable=portable, offsets=offsets, add=new_nodes, graph=graph, inits=inits,
+                augmented=augmented,
+            )  # fmt: skip
+            bits, block, form = 4, _BLOCK, "4-bit exact"
+        else:
+            eight = _eight_bit(names, tensors, heads, k_in)
+            if eight is None:
+                continue
+            packed, scales, exact = eight
+            form = "8-bit exact" if exact else "8-bit re-rounded"
+            if packed.shape[0] != n_out or packed.shape[1] * packed.shape[2] != k_in:
+                log.warning("%s: shapes differ from the GGUF's, keeping the builder's weights", node.name)
+                continue
+            zero_points, bits, block = None, 8, packed.shape[2]
             for attribute in node.attribute:
-                if attribute.name == "K":
-                    attribute.i = k_in + digit_q.shape[1] * _BLOCK
+                if attribute.name == "bits":
+                    attribute.i = 8
+                elif attribute.name == "block_size":
+                    attribute.i = block
+        bias = node.input[5] if len(node.input) > 5 else ""
         b_name, s_name = node.input[1], node.input[2]
-        inits[b_name].CopyFrom(numpy_helper.from_array(packed, b_name))
-        inits[s_name].CopyFrom(numpy_helper.from_array(scales.reshape(-1), s_name))
-        del node.input[3:]  # no zero points: the symmetric kernel's implicit 8
+        if bits == 8:
+            base = b_name.removesuffix("weight_Q4")  # new names: the builder's 4-bit ones have other shapes
+            b_name, s_name = f"{base}weight_Q8", f"{base}weight_scales_Q8"
+            node.input[1], node.input[2] = b_name, s_name
+            graph.initializer.extend(  # the builder's 4-bit ones are dropped as unused below
+                [numpy_helper.from_array(packed, b_name), numpy_helper.from_array(scales.reshape(-1), s_name)]
+            )
+        else:
+            inits[b_name].CopyFrom(numpy_helper.from_array(packed, b_name))
+            inits[s_name].CopyFrom(numpy_helper.from_array(scales.reshape(-1), s_name))
+        del node.input[3:]  # no zero points: the symmetric kernel's implicit 8 (4-bit) or 128 (8-bit)
         if zero_points is not None:
             zp_name = b_name.replace("weight_Q4", "weight_zero_points")
             graph.initializer.append(numpy_helper.from_array(zero_points, zp_name))
             node.input.append(zp_name)
+        if bias:  # MatMulNBits' optional inputs: zero points, g_idx, bias
+            node.input.extend([""] * (5 - len(node.input)) + [bias])
         replaced += 1
+        forms[form] = forms.get(form, 0) + 1
     stale_shapes = [v for v in graph.value_info if v.name.startswith("/model/embed_tokens/")]
     for value in stale_shapes:
         graph.value_info.remove(value)
     # still topological: the block-sum nodes follow x's producer and precede x_aug's first reader
     del graph.node[:]
     graph.node.extend(new_nodes)
-    replaced += _output_head(graph, tensors)
+    head = _output_head(graph, tensors)
+    replaced += head
+    log.info(
+        "GGUF weights: %s%s", ", ".join(f"{n} {f}" for f, n in forms.items()) or "none", ", 8-bit head" * head
+    )
     table = tensors.get("token_embd.weight")
-    if table is not None and table.tensor_type.name == "Q8_0":
-        take_embeddings_out(graph, *_q8_0(table), model_dir)
+    if table is not None and (rows := unpack_8bit_blocks(table.tensor_type.name, np.asarray(table.data))):
+        u, s = rows
+        if u.shape[2] == _BLOCK:  # Q8_0, Q5_0: d*(q - c) with q - c in int8 and d a float16 value
+            signed = (u.astype(np.int16) - 128).astype(np.int8).reshape(u.shape[0], -1)
+            take_embeddings_out(graph, signed, s.astype(np.float16), model_dir)
     _drop_unused_initializers(graph)
     if offsets:
         write_block_offsets(model_dir / BLOCK_OFFSETS_FILE, offsets)
@@ -186,6 +198,90 @@ def apply_exact_weights(
         size_threshold=1024,
     )
     return replaced
+
+
+def _field(reader, key: str):
+    """A GGUF metadata string (None when absent)."""
+    field = reader.fields.get(key)
+    return None if field is None else bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def _unpermuted(rows: np.ndarray, name: str, heads: dict[str, int]) -> np.ndarray:
+    """A GGUF tensor's rows in the checkpoint's order: llama.cpp permutes llama's Q and K rows only."""
+    part = name.split(".")[2]
+    return reverse_permute(rows, heads[part]) if part in heads else rows
+
+
+def _four_bit(
+    node, q, d, m, *, portable: bool, offsets: list, add: list, graph, inits: dict, augmented: dict
+):
+    """(packed weights, scales, zero points or None) of a 4-bit `w = d*q + m` weight; records the exact block
+    minimums in `offsets` (tuned form) or adds the digit blocks and the input's block sums (portable form)."""
+    packed, scales = pack_for_matmul_nbits(q), d
+    correction = m + 8.0 * d  # what the symmetric kernel's implicit zero point 8 leaves out
+    if not np.any(correction != 0):
+        return packed, scales, None
+    if not portable:
+        z = np.clip(np.rint(-m / np.where(d == 0, 1, d)), 0, 15).astype(np.uint8)
+        if np.any(m + d * z != 0):
+            offsets.append((_compact(d), z, _compact(m)))
+        return packed, scales, pack_zero_points(z)
+    x, k_in = node.input[0], q.shape[1] * _BLOCK
+    if x not in augmented:  # the block-sum nodes go before the first node that reads them
+        augmented[x], nodes = _block_sums_appended(graph, inits, x, k_in)
+        add[-1:-1] = nodes
+    node.input[0] = augmented[x]
+    digit_q, digit_scales = offset_digits(correction)
+    for attribute in node.attribute:
+        if attribute.name == "K":
+            attribute.i = k_in + digit_q.shape[1] * _BLOCK
+    return (
+        np.concatenate([packed, pack_for_matmul_nbits(digit_q)], axis=1),
+        np.concatenate([d, digit_scales], axis=1),
+        None,
+    )
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """float16 where that holds every value exactly (Q4_0/Q4_1), else float32 (Q4_K's d*sc and dmin*mn)."""
+    half = values.astype(np.float16)
+    return half if np.array_equal(half.astype(np.float32), values) else values.astype(np.float32)
+
+
+def _eight_bit(names: list[str], tensors: dict, heads: dict[str, int], k_in: int):
+    """(u uint8 [N, nb, block], s float32 [N, nb], exact) of an 8-bit MatMulNBits weight: the GGUF's own integers when
+    every part is Q5_0/Q8_0/Q6_K with one block size; otherwise (parts of different types, other quantized
+    types) the GGUF's dequantized weights re-rounded to 8 bits in blocks of 32, a quarter step or less of any
+    4-bit-or-wider GGUF type. None when a part is not quantized (the builder's own int4 is kept)."""
+    types = [tensors[n].tensor_type.name for n in names]
+    unpacked = [unpack_8bit_blocks(t, np.asarray(tensors[n].data)) for n, t in zip(names, types)]
+    if all(u is not None for u in unpacked) and len({u[0].shape[2] for u in unpacked}) == 1:  # type: ignore[index]
+        u, s = (
+            np.concatenate([_unpermuted(a, name, heads) for name, a in zip(names, column)])
+            for column in zip(*unpacked)  # type: ignore[misc]
+        )
+        return u, s, True
+    if any(t in ("F32", "F16", "BF16") for t in types):
+        return None
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    dense = np.concatenate(
+        [
+            _unpermuted(
+                dequantize(np.asarray(tensors[n].data), GGMLQuantizationType[t]).reshape(-1, k_in), n, heads
+            )
+            for n, t in zip(names, types)
+        ]
+    ).astype(np.float32)
+    blocks = dense.reshape(dense.shape[0], -1, _BLOCK)
+    s = np.abs(blocks).max(axis=-1) / 127.0
+    s[s == 0] = 1.0
+    return (
+        (np.clip(np.rint(blocks / s[..., None]), -127, 127) + 128).astype(np.uint8),
+        s.astype(np.float32),
+        False,
+    )
 
 
 def offset_digits(correction: np.ndarray, digits: int = _DIGITS) -> tuple[np.ndarray, np.ndarray]:
@@ -226,18 +322,10 @@ def _block_sums_appended(graph, inits: dict, x: str, k_in: int) -> tuple[str, li
     return augmented, nodes
 
 
-def _q8_0(tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(q int8 [rows, cols], d float16 [rows, cols/32]) of a GGUF Q8_0 tensor: w = d*q."""
-    raw = np.asarray(tensor.data)
-    blocks = raw.reshape(raw.shape[0], -1, 34)
-    d = blocks[..., 0:2].copy().view(np.float16)[..., 0]
-    q = blocks[..., 2:34].copy().view(np.int8).reshape(raw.shape[0], -1)
-    return q, d
-
-
 def _output_head(graph, tensors: dict) -> int:
-    """Q8_0 output head -> 8-bit MatMulNBits in 64-weight blocks, re-rounded from the Q8_0 values, split by
-    output rows into parts of at most 8 MB joined by a Concat.
+    """Quantized output head (Q8_0; Q6_K in Qwen2.5-1.5B's Q4_K_M, any type gguf-py dequantizes) -> 8-bit
+    MatMulNBits in 64-weight blocks, re-rounded from the GGUF's values, split by output rows into parts of at
+    most 8 MB joined by a Concat.
 
     onnxruntime's 8-bit kernel runs a 64-block head 2.2x faster than a 32-block one (docs/performance.md); the
     re-rounding is at 8-bit precision. A 4-bit head instead cost KL 0.11. The parts are prepacked one after the
@@ -249,16 +337,23 @@ def _output_head(graph, tensors: dict) -> int:
     head = next(
         (n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1].startswith("lm_head.")), None
     )
-    if source is None or head is None or source.tensor_type.name != "Q8_0":
+    if source is None or head is None or source.tensor_type.name in ("F32", "F16", "BF16"):
         return 0
-    q, d = _q8_0(source)
-    n_out, k_in = q.shape
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
     attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
-    if attrs["N"] != n_out or attrs["K"] != k_in:
+    n_out, k_in = attrs["N"], attrs["K"]
+    try:  # Q8_0: float32(d) * q, as ggml computes it
+        dense = dequantize(np.asarray(source.data), GGMLQuantizationType[source.tensor_type.name])
+    except NotImplementedError:
+        return 0
+    if dense.size != n_out * k_in or dense.shape[0] != n_out:
         return 0
     n_blocks = -(-k_in // _HEAD_BLOCK)
     weights = np.zeros((n_out, n_blocks * _HEAD_BLOCK), np.float32)
-    weights[:, :k_in] = (q.reshape(n_out, -1, _BLOCK) * d[..., None].astype(np.float32)).reshape(n_out, k_in)
+    weights[:, :k_in] = dense.reshape(n_out, k_in)
+    del dense
     blocks = weights.reshape(n_out, n_blocks, _HEAD_BLOCK)
     scales = np.abs(blocks).max(axis=-1) / 127.0
     scales[scales == 0] = 1.0
@@ -270,7 +365,10 @@ def _output_head(graph, tensors: dict) -> int:
     parts = []
     for start in range(0, n_out, rows):
         end = min(n_out, start + rows)
-        b_name, s_name = f"lm_head.MatMul.weight_Q8.rows{start}", f"lm_head.MatMul.weight_scales_Q8.rows{start}"
+        b_name, s_name = (
+            f"lm_head.MatMul.weight_Q8.rows{start}",
+            f"lm_head.MatMul.weight_scales_Q8.rows{start}",
+        )
         graph.initializer.extend(
             [
                 numpy_helper.from_array(u[start:end], b_name),

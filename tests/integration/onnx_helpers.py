@@ -5,12 +5,15 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 
-def matmul_nbits_session(k: int, n: int, initializers: dict[str, np.ndarray], **attributes) -> ort.InferenceSession:
-    """y[1, s, n] = MatMulNBits(x[1, s, k], *initializers) with 4-bit blocks of 32 and the given attributes."""
+def matmul_nbits_session(
+    k: int, n: int, initializers: dict[str, np.ndarray], *, bits: int = 4, block_size: int = 32, **attributes
+) -> ort.InferenceSession:
+    """y[1, s, n] = MatMulNBits(x[1, s, k], *initializers) with `bits`-bit blocks (default 4-bit blocks of 32)
+    and the given attributes."""
     inits = [numpy_helper.from_array(value, name) for name, value in initializers.items()]
     node = helper.make_node(
         "MatMulNBits", ["x", *initializers], ["y"], domain="com.microsoft",
-        K=k, N=n, bits=4, block_size=32, **attributes,
+        K=k, N=n, bits=bits, block_size=block_size, **attributes,
     )  # fmt: skip
     graph = helper.make_graph(
         [node],

@@ -59,6 +59,36 @@ def test_patched_kernel_computes_q4_1_exactly(tmp_path: Path, n: int):
     assert np.abs(patched - exact).max() < np.abs(rounded - exact).max() / 10  # the integer zero points alone
 
 
+def test_patched_kernel_computes_q4_k_exactly(tmp_path: Path):
+    """Q4_K's sub-block scales d*sc and minimums -dmin*mn are float32 values (not float16 as Q4_1's), and -m/d
+    often rounds past 15: the offsets keep them in float32 and the patch still finds and fixes every block."""
+    from gguf import GGMLQuantizationType, dequantize
+
+    from edge_agent.model.gguf_blocks import unpack_blocks
+
+    rng = np.random.default_rng(5)
+    n, k = 48, 512
+    raw = rng.integers(0, 256, size=(n, k // 256, 144), dtype=np.uint8)
+    raw[..., 0:4] = rng.uniform(0.0005, 0.002, size=(n, k // 256, 2)).astype(np.float16).view(np.uint8)
+    raw = raw.reshape(n, -1)
+    q, d, m = unpack_blocks("Q4_K", raw)
+    dense = dequantize(raw, GGMLQuantizationType.Q4_K).astype(np.float32)
+    z = np.clip(np.rint(-m / np.where(d == 0, 1, d)), 0, 15).astype(np.uint8)
+    assert d.dtype == np.float32 and not np.array_equal(d.astype(np.float16).astype(np.float32), d)
+    write_block_offsets(tmp_path / "offsets.npz", [(d, z, m)])
+    patch = BlockMinimumsPatch(tmp_path / "offsets.npz")
+    session = _session(q, d, z, n, k)
+    x = rng.normal(size=(1, 3, k)).astype(np.float32)
+    exact = x @ dense.T
+
+    assert patch.apply() == 1
+    (patched,) = session.run(None, {"x": x})
+
+    step = np.abs(x.reshape(1, 3, -1, 32)).max(-1) / 127 / 2
+    bound = (step[..., None, :] * np.abs(dense.reshape(n, -1, 32)).sum(-1)).sum(-1) + 1e-4
+    assert np.all(np.abs(patched - exact) <= bound)
+
+
 def test_offsets_that_do_not_match_the_kernel_are_refused(tmp_path: Path):
     rng = np.random.default_rng(1)
     n, k = 32, 64
