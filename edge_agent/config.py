@@ -36,7 +36,13 @@ class Section(BaseModel):
 class AgentSection(Section):
     device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="This agent's id, unique in the mesh.")
     state_dir: Path = Field(Path("./state"), description="Where the journal (sqlite) lives.")
-    heartbeat_s: float = Field(2.0, gt=0, description="Seconds between retained status messages.")
+    heartbeat_s: float = Field(2.0, gt=0, description="Seconds between retained status messages (up to "
+                                                     "heartbeat_scale_from agents; past that see below).")
+    heartbeat_scale_from: int = Field(16, ge=1, description=(
+        "Past this many agents the status interval grows in proportion to the mesh: heartbeat_s x n / this, so "
+        "the statuses every agent decodes stay ~ this many per heartbeat_s instead of n (n^2 in the mesh). The "
+        "interval is advertised in the status (heartbeat_s); peers wait 3 such intervals before they call an "
+        "agent gone, and its MQTT will still reports a death at once."))
     peer_timeout_s: float = Field(10.0, gt=0, description="A peer not heard from for this long is not alive.")
     answers_retention_s: float = Field(3600.0, ge=0, description="How long a finished answer is kept, so a "
                                                                  "repeated request id gets it again.")
