@@ -52,6 +52,7 @@ class ScaleConfig:
     seed: int = 0
     probes: int = 20  # QoS 1 round trips per hop distance
     workdir: str | None = None
+    ghost_prompts: int = 0  # a control of the count: prompts to a device no agent serves, which must count as lost
 
     @property
     def rate(self) -> float:
@@ -221,6 +222,10 @@ def _load(cfg: ScaleConfig, mesh: LocalMesh, rates: BrokerRates, pids: dict[str,
             rid = f"s{cfg.seed}-{i}"
             origin[rid] = device
             ledger.send(device, rid, prompt=f"question {i}", layers=cfg.layers, proposers=cfg.proposers)
+        for i in range(cfg.ghost_prompts):
+            rid = f"ghost-{cfg.seed}-{i}"
+            origin[rid] = "ghost"
+            ledger.send("ghost", rid, prompt="nobody serves this", layers=cfg.layers, proposers=cfg.proposers)
         end = time.monotonic()
         out["send_lag_s"] = round(end - start - cfg.duration_s, 2)
         out["load"] = {"cpu": _cpu_summary(cpu.shares()), "brokers": _rates_summary(rates.rates(start, end))}
