@@ -134,8 +134,12 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
         )
         self.replies = Replies(device=self.device, journal=self.journal, transport=self.transport,
                                qos=self.config.mqtt.qos)
-        for topic in (self.topics.prompt(self.device), self.topics.my_inbox(self.device), self.topics.all_status()):
+        for topic in (self.topics.prompt(self.device), self.topics.my_inbox(self.device)):
             self.transport.subscribe(topic, self.config.mqtt.qos)
+        # Statuses at QoS 0 on our own link: n of them per interval, and a PUBACK each doubled the packets every
+        # agent handles (issue 14 item 5). Missing one costs nothing (the next comes, retained ones come again on
+        # every subscribe), and a will still arrives at once over the live connection.
+        self.transport.subscribe(self.topics.all_status(), 0)
         for topic in self.discovery.subscriptions() if self.discovery else []:
             self.transport.subscribe(topic, 1)
         await self._connect_with_retry()

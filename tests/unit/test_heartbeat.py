@@ -70,3 +70,25 @@ def test_a_small_mesh_keeps_its_heartbeat(tmp_path):
         await stopped(*agents)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_statuses_reach_agents_at_qos0_and_other_traffic_at_qos1(tmp_path):
+    async def scenario():
+        broker = MemoryBroker()
+        agents = [make_agent(broker, d, tmp_path) for d in ("a", "b")]
+        seen: list[tuple[str, int]] = []
+        original = agents[0]._on_raw
+
+        def spy(message):
+            seen.append((message.topic, message.qos))
+            original(message)
+        agents[0]._on_raw = spy
+        await started(*agents)
+        await asyncio.sleep(0.5)  # a few heartbeats
+        topics = Topics(ROOT)
+        statuses = [q for t, q in seen if t == topics.status("b")]
+        assert statuses and set(statuses) == {0}
+        assert broker.unacked("edge-moa-agent-a") == []
+        await stopped(*agents)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
