@@ -264,6 +264,11 @@ def predict(spec: RunSpec, prompts: list[PromptRecord], *, steady_prompts: int =
         alphas = spec.alphas or (spec.alpha_s,)
         if spec.engine == "synthetic":
             service = {"service": "deterministic"}
+        elif not spec.alphas and service.get("samples_synthesis"):
+            # calibrate's alpha is a first-step task (a short prompt, M = 0); synthesis steps carry the previous
+            # answers and take longer: keep their measured ratio, so the mix's mean is alpha x mean(all)/mean(1st)
+            first = service["samples"]
+            alphas = (spec.alpha_s * float(np.mean(every)) / float(np.mean(first)),)
     alpha = max(alphas)
     base = dict(agents=spec.agents, layers=spec.layers, proposers=spec.proposers, rate=spec.rate, alphas=alphas,
                 **service, **policy, **batching)
