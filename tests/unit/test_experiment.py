@@ -181,3 +181,14 @@ def test_predict_unbatched_run_still_uses_the_measured_times():
     spec = RunSpec(**{**spec.__dict__, "max_batch": 1, "rate": 0.5})
     sim = predict(spec, prompts, steady_prompts=5_000, replays=2)
     assert sim["simulated_alpha_s"] == pytest.approx(0.375)
+
+
+def test_the_agents_batch_by_default_but_theorem_1_runs_pin_one_task_at_a_time(tmp_path):
+    from edge_agent.config import EngineSection
+    from edge_agent.stability.live import ExperimentSettings, mesh_sections
+
+    assert EngineSection().max_batch == 4  # the best measured for the default model (docs/stability.md 6e)
+    s = ExperimentSettings(agents=4, grid=[(1, 2)], rates=None, loads=[0.7], duration_s=10.0, engine="synthetic",
+                           alpha_s=0.1, out=tmp_path)
+    assert mesh_sections(s)["engine"]["max_batch"] == 1
+    assert mesh_sections(ExperimentSettings(**{**s.__dict__, "max_batch": 4}))["engine"]["max_batch"] == 4
