@@ -21,7 +21,7 @@ def test_tree_shape_and_hops():
 
 @pytest.mark.slow
 def test_every_prompt_across_a_bridge_tree_is_counted(tmp_path):
-    cfg = ScaleConfig(agents=5, brokers=3, alpha_s=0.05, load=0.5, duration_s=6.0, drain_s=30.0, late_s=2.0,
+    cfg = ScaleConfig(agents=5, brokers=3, alpha_s=0.05, load=0.5, duration_s=6.0, drain_s=10.0, late_s=1.0,
                       idle_s=0.0, probes=3, ghost_prompts=2, workdir=str(tmp_path))
     report = run_scale(cfg, progress=lambda line: None)
     assert report["tree"] == {"brokers": 3, "links": 2, "bridge_connections": 4, "depth": 1}
