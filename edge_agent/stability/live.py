@@ -154,7 +154,11 @@ def _run(mesh, spec: RunSpec, s: ExperimentSettings) -> RunStats:
     prompts, samples = run_live(mesh, spec, s)
     write_run_csv(s.out, spec, prompts, samples)
     stats = run_stats(spec, prompts, samples)
-    stats.sim = predict(spec, prompts, steady_prompts=s.sim_prompts)
+    try:
+        stats.sim = predict(spec, prompts, steady_prompts=s.sim_prompts)
+    except ValueError as exc:  # e.g. nothing answered within the drain: the run is kept, without a prediction
+        log.warning("%s: no simulator prediction: %s", spec.name, exc)
+        return stats
     write_sim_json(s.out, spec, stats.sim)
     log.info("%s: live queue %.3f (sim %.3f), latency %.3fs (sim %.3fs)", spec.name, stats.mean_in_system,
              stats.sim["mean_in_system"], stats.latency_mean, stats.sim["latency"]["mean"])
