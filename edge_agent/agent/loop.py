@@ -44,7 +44,7 @@ from .intake import route_of
 from .journal import Journal
 from .metrics import AgentMetrics
 from .moa import Finish, LayerDone, MoaRun, MoaTimeouts, RunLocal, RunRank, SendTask
-from .peers import PeerTable
+from .peers import PeerTable, status_interval_s
 from .prompts import PromptSteps
 from .ranker import pairwise_template
 from .recovery import RecoverySteps
@@ -106,6 +106,7 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
         self.tokenizer: OffLoopTokenizer | None = None
         self._started = time.monotonic()
         self._last_prune = 0.0
+        self._published_healthy: bool | None = None
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         moa = config.moa
@@ -136,8 +137,12 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
         )
         self.replies = Replies(device=self.device, journal=self.journal, transport=self.transport,
                                qos=self.config.mqtt.qos)
-        for topic in (self.topics.prompt(self.device), self.topics.my_inbox(self.device), self.topics.all_status()):
+        for topic in (self.topics.prompt(self.device), self.topics.my_inbox(self.device)):
             self.transport.subscribe(topic, self.config.mqtt.qos)
+        # Statuses at QoS 0 on our own link: n of them per interval, and a PUBACK each doubled the packets every
+        # agent handles (issue 14 item 5). Missing one costs nothing (the next comes, retained ones come again on
+        # every subscribe), and a will still arrives at once over the live connection.
+        self.transport.subscribe(self.topics.all_status(), 0)
         for topic in self.discovery.subscriptions() if self.discovery else []:
             self.transport.subscribe(topic, 1)
         await self._connect_with_retry()
@@ -145,8 +150,8 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
         self.replies.resend_unsent()
         # Peers' retained statuses arrive right after subscribing: learn who is alive before choosing proposers.
         self._loop.call_later(DISCOVERY_S, self._guarded, self._end_discovery)
-        self._periodic = [asyncio.create_task(self._every(self.config.agent.heartbeat_s, self._publish_status)),
-                          asyncio.create_task(self._every(TICK_S, self._tick))]
+        self._periodic = [asyncio.create_task(self._every(self._status_interval_s, self._publish_status)),
+                          asyncio.create_task(self._every(lambda: TICK_S, self._tick))]
         log.info("agent %s live (model %s, topic root %s)", self.device, self.engine.model_id, self.topics.root)
 
     async def shutdown(self) -> None:
@@ -181,10 +186,15 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.mqtt.reconnect_max_s)
 
-    async def _every(self, period_s: float, action: Callable[[], None]) -> None:
+    async def _every(self, period_s: Callable[[], float], action: Callable[[], None]) -> None:
         while True:
-            await asyncio.sleep(period_s)
+            await asyncio.sleep(period_s())
             self._guarded(action)
+
+    def _status_interval_s(self) -> float:
+        """heartbeat_s, slower in a large mesh (agent.heartbeat_scale_from): the n^2 status traffic of issue 14."""
+        agent = self.config.agent
+        return status_interval_s(agent.heartbeat_s, len(self._alive()) + 1, agent.heartbeat_scale_from)
 
     def _guarded(self, action: Callable[[], None]) -> None:
         try:
@@ -372,6 +382,8 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
 
     def _tick(self) -> None:
         now = time.monotonic()
+        if self._published_healthy is not None and self._healthy() != self._published_healthy:
+            self._publish_status()  # a hang (or its end) is news: peers stop sending at once, not a slow beat later
         for run in list(self.runs.values()):
             try:
                 self._execute(run, run.on_tick(self._alive(), self.rng, now))
@@ -398,7 +410,7 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
             queue_bytes=self.admission.ledger.bytes, queue_cap_bytes=self.admission.cap(reading),
             memory_available_bytes=reading.available_bytes, busy=self.worker.running > 0, healthy=self._healthy(),
             version=__version__, uptime_s=round(time.monotonic() - self._started, 1),
-            heartbeat_s=self.config.agent.heartbeat_s,
+            heartbeat_s=round(self._status_interval_s(), 3),  # until the next one: peers' liveness timeout
             latency_p50_s=round(statistics.median(self._latencies), 3) if self._latencies else None,
             sent_at=time.time(), **self.counts,
         )
@@ -408,6 +420,7 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
             return
         status = self.status()
         self.transport.publish(self.topics.status(self.device), encode(status), qos=1, retain=True)
+        self._published_healthy = status.healthy
         if self.metrics is not None:
             rows = self.journal.counts()
             self.metrics.set_state(queue_length=status.queue_length, queue_bytes=status.queue_bytes,

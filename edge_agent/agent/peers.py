@@ -8,6 +8,15 @@ from dataclasses import dataclass
 
 from ..wire.messages import Status
 
+MISSED_BEATS = 3  # a peer is gone after this many of its own advertised status intervals without a status
+
+
+def status_interval_s(heartbeat_s: float, agents: int, scale_from: int) -> float:
+    """Seconds between an agent's statuses in a mesh of `agents` (itself included): heartbeat_s up to
+    `scale_from` agents, then in proportion to n, so the mesh carries ~ n x scale_from statuses per heartbeat_s
+    instead of n^2 (issue 14 item 5)."""
+    return heartbeat_s * max(1.0, agents / scale_from)
+
 
 def choose_peers(alive: Sequence[str], k: int, rng: random.Random, exclude: Iterable[str] = (),
                  cost: Callable[[str], float] | None = None, candidates: int = 0) -> list[str]:
@@ -70,6 +79,13 @@ class PeerTable:
     def alive(self, now: float) -> list[str]:
         return sorted(device for device, info in self._peers.items() if self._is_alive(info, now))
 
+    def timeout_for(self, info: PeerInfo) -> float:
+        """timeout_s, or MISSED_BEATS of the peer's own advertised interval when that is longer (a large mesh
+        slows its heartbeats), capped at 10 x timeout_s so no status can claim to be alive for ever."""
+        beats = MISSED_BEATS * (info.status.heartbeat_s or 0.0)
+        return min(max(self.timeout_s, beats), 10 * self.timeout_s)
+
     def _is_alive(self, info: PeerInfo, now: float) -> bool:
         """Online, heard from lately, and not saying its engine hangs."""
-        return info.status.online and info.status.healthy is not False and now - info.seen_at <= self.timeout_s
+        return (info.status.online and info.status.healthy is not False
+                and now - info.seen_at <= self.timeout_for(info))

@@ -90,6 +90,7 @@ class PromptLedger:
         self._mid_to_id: dict[int, str] = {}
         self._last_send: dict[str, tuple[str, bytes]] = {}
         self.replies: dict[str, list[bytes]] = defaultdict(list)
+        self.first_reply_at: dict[str, float] = {}  # monotonic, the first final reply of each request id
         self.chunks: Counter[str] = Counter()
         persistent = BrokerSettings(**{**settings.__dict__, "session_expiry_s": 600})
         self._transport = PahoTransport(persistent, client_id=f"edge-moa-{name}-{random.getrandbits(32):08x}",
@@ -186,6 +187,7 @@ class PromptLedger:
             pass
         with self._lock:
             self.replies[rid].append(bytes(message.payload))
+            self.first_reply_at.setdefault(rid, time.monotonic())
 
 
 # ---------------------------------------------------------------- fuzzing

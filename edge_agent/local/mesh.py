@@ -1,4 +1,5 @@
-"""A local mesh on one machine: one broker and n agent processes. For the demo, experiments and tests."""
+"""A local mesh on one machine: one broker (or a bridged tree of them) and n agent processes. For the demo,
+experiments and tests."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import tomli_w
 import tomllib
 
-from ..child_process import stop_child
+from ..child_process import stop_child, stop_children
 from ..config import parse_config
 from ..errors import TransportError
 from ..mqtt.broker_process import BrokerProcess, free_port, local_broker
@@ -41,14 +42,16 @@ class LocalMesh:
                  queue: dict | None = None, agent: dict | None = None, topic_root: str = "moa/v1",
                  workdir: Path | None = None, broker: BrokerProcess | None = None, log_level: str = "-v",
                  engine_per_agent: dict[str, dict] | None = None, metrics: bool = False,
-                 home_assistant: dict | None = None):
+                 home_assistant: dict | None = None, brokers: list[BrokerProcess] | None = None):
         self.devices = [f"agent{i}" for i in range(1, n + 1)]
         self.topic_root = topic_root
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edge-moa-mesh-"))
         self._sections = {"engine": engine or {}, "moa": moa or {}, "queue": queue or {}, "agent": agent or {}}
         self._engine_per_agent = engine_per_agent or {}  # e.g. mixed speeds: {"agent4": {"synthetic_service_s": 2}}
-        self._own_broker = broker is None
-        self.broker = broker or local_broker()
+        # `brokers` (started by the caller, e.g. a BrokerTree): agent i joins brokers[i % len]; clients use the first
+        self._brokers = list(brokers or [])
+        self._own_broker = broker is None and not self._brokers
+        self.broker = broker or (self._brokers[0] if self._brokers else local_broker())
         self._procs: dict[str, subprocess.Popen] = {}
         self._log_level = log_level
         # Prometheus endpoints: one free port per agent, so `metrics_url(device)` is known before it starts.
@@ -67,12 +70,18 @@ class LocalMesh:
     def config_path(self, device: str) -> Path:
         return self.workdir / device / "agent.toml"
 
+    def broker_of(self, device: str) -> BrokerProcess:
+        if not self._brokers:
+            return self.broker
+        return self._brokers[self.devices.index(device) % len(self._brokers)]
+
     def write_config(self, device: str) -> Path:
+        broker = self.broker_of(device)
         sections = {
             "agent": {"device_id": device, "state_dir": str(self.workdir / device / "state"), "heartbeat_s": 1.0,
                       "peer_timeout_s": 5.0, **self._sections["agent"]},
-            "mqtt": {"host": self.broker.host, "port": self.broker.port, "topic_root": self.topic_root,
-                     "protocol": self.broker.protocol},
+            "mqtt": {"host": broker.host, "port": broker.port, "topic_root": self.topic_root,
+                     "protocol": broker.protocol},
             "moa": self._sections["moa"], "queue": self._sections["queue"],
             "engine": {**self._sections["engine"], **self._engine_per_agent.get(device, {})},
         }
@@ -108,8 +117,8 @@ class LocalMesh:
             stop_child(proc)
 
     def stop(self) -> None:
-        for device in list(self._procs):
-            self.stop_agent(device)
+        procs, self._procs = list(self._procs.values()), {}
+        stop_children(procs)  # side by side: one grace period for the mesh, not one per agent
         if self._own_broker:
             self.broker.stop()
 
@@ -124,11 +133,15 @@ class LocalMesh:
         self.stop()
 
     # -- use --
-    def settings(self) -> BrokerSettings:
-        return BrokerSettings(host=self.broker.host, port=self.broker.port, protocol=self.broker.protocol)
+    def settings(self, broker: BrokerProcess | None = None) -> BrokerSettings:
+        broker = broker or self.broker
+        return BrokerSettings(host=broker.host, port=broker.port, protocol=broker.protocol)
 
-    def client(self) -> MoaClient:
-        return MoaClient(self.settings(), topic_root=self.topic_root).connect()
+    def client(self, broker: BrokerProcess | None = None) -> MoaClient:
+        return MoaClient(self.settings(broker), topic_root=self.topic_root).connect()
+
+    def pids(self) -> dict[str, int]:
+        return {device: proc.pid for device, proc in self._procs.items()}
 
     def metrics_url(self, device: str) -> str | None:
         port = self.metrics_ports.get(device)
@@ -149,8 +162,10 @@ class LocalMesh:
                         raise TransportError(f"agent {device} exited with {proc.returncode}:\n"
                                              + self.agent_log(device)[-3000:])
                 statuses = client.statuses()
+                # fresh: sent within two of its own intervals (a large mesh slows its heartbeats)
                 if all(d in statuses and statuses[d].online and statuses[d].sent_at
-                       and statuses[d].sent_at > time.time() - 3 for d in devices):
+                       and statuses[d].sent_at > time.time() - max(3.0, 2 * (statuses[d].heartbeat_s or 0))
+                       for d in devices):
                     return
                 time.sleep(0.1)
         raise TransportError(f"agents {devices} not online within {timeout_s:.0f}s; last log of {devices[0]}:\n"

@@ -62,8 +62,9 @@ class MemoryBroker:
                 else:
                     self._retained.pop(message.topic, None)
             targets = [c for c in self._clients.values() if c.wants(message.topic)]
-        for client in targets:
-            self.deliver(client, RawMessage(**{**message.__dict__, "retain": False}))
+        for client in targets:  # at the lower of the publish's and the subscription's QoS, as MQTT does
+            qos = min(message.qos, client.granted_qos(message.topic))
+            self.deliver(client, RawMessage(**{**message.__dict__, "retain": False, "qos": qos}))
 
     def deliver(self, client: MemoryTransport, message: RawMessage) -> None:
         if message.qos > 0:
@@ -121,10 +122,13 @@ class MemoryTransport:
         self._subscriptions[topic] = qos
         if self._connected:
             for message in self.broker.subscribed(self, topic):
-                self.broker.deliver(self, message)
+                self.broker.deliver(self, RawMessage(**{**message.__dict__, "qos": min(message.qos, qos)}))
 
     def wants(self, topic: str) -> bool:
         return self._connected and any(topic_matches(s, topic) for s in self._subscriptions)
+
+    def granted_qos(self, topic: str) -> int:
+        return max((q for s, q in self._subscriptions.items() if topic_matches(s, topic)), default=0)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                 response_topic: str | None = None, correlation_data: bytes | None = None) -> int:

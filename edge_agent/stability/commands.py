@@ -118,6 +118,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-profile", type=Path, default=None, metavar="FILE",
                    help="alpha(b) per decode step (tools/bench/batching.py --out): the synthetic agents' step "
                         "costs and the simulator's and planner's batching")
+    e.add_argument("--calibrate", choices=("solo", "loaded"), default="solo",
+                   help="onnx without --alpha: measure alpha (one task, b = 1) on each agent in turn with the rest "
+                        "idle (solo), or on every agent at once, sharing the machine's cores as under load (loaded)")
     e.add_argument("--model", default=None, help="onnx: catalogue name or model directory (default: the default)")
     e.add_argument("--max-new-tokens", type=int, default=16)
     e.add_argument("--threads", type=int, default=1, help="onnx: inference threads per agent")
@@ -313,7 +316,7 @@ def experiment_command(args: argparse.Namespace) -> int:
             threads=args.threads, warmup_s=args.warmup, drain_timeout_s=args.drain_timeout, seed=args.seed,
             sim_prompts=args.sim_prompts, progress=not args.no_progress, alphas=alphas, policies=policies,
             candidates=args.candidates, max_batch=args.max_batch,
-            batch_profile=str(args.batch_profile) if args.batch_profile else "",
+            batch_profile=str(args.batch_profile) if args.batch_profile else "", calibration=args.calibrate,
         )
         # A background run (where SIGINT is ignored) stopped with SIGTERM still stops its mesh on the way out.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -14,12 +14,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..config import EngineSection
 from ..engine.batch_profile import BatchProfile
 from ..errors import ConfigError
 from .planner import plan
 from .simulator import SimConfig, simulate
 
 PAPER_GRID = "0,0;1,1;1,2;2,1;2,2;1,3;2,3"
+SYNTHETIC_BATCH_COST = EngineSection.model_fields["synthetic_batch_cost"].default
 
 
 def parse_grid(text: str) -> list[tuple[int, int]]:
@@ -216,6 +218,15 @@ def service_samples(prompts: list[PromptRecord]) -> dict:
     return {"service": "empirical", "samples": every}
 
 
+def batch_profile(spec: RunSpec) -> BatchProfile | None:
+    """The slowdown(b) the run's agents had: the profile given, else the synthetic engine's linear default."""
+    if spec.batch_profile:
+        return BatchProfile.read(spec.batch_profile)
+    if spec.engine == "synthetic" and spec.max_batch > 1:
+        return BatchProfile.linear(SYNTHETIC_BATCH_COST, max(8, spec.max_batch))
+    return None
+
+
 def predict(spec: RunSpec, prompts: list[PromptRecord], *, steady_prompts: int = 200_000,
             replays: int = 20) -> dict:
     """The simulator beside a live run, with the inference times that run measured. Two predictions:
@@ -238,16 +249,27 @@ def predict(spec: RunSpec, prompts: list[PromptRecord], *, steady_prompts: int =
                        for d, a in zip(devices, spec.alphas))
         service = {"service": "deterministic"} if spec.engine == "synthetic" else {
             "service": "empirical", "samples": tuple(every)}
-    alpha = max(alphas)
     policy = {} if spec.policy == "uniform" else {
         "policy": spec.policy, "candidates": min(max(spec.candidates, spec.proposers), spec.agents - 1)}
     schedule = sorted((p.sent_at, index[p.device]) for p in prompts)
     arrivals = np.array([t for t, _ in schedule])
     users = np.array([u for _, u in schedule])
-    # with batching a task's measured seconds include its company's slowdown; the simulator adds that itself
-    # from the profile, so batched runs are best fed the solo alpha (synthetic: alpha_s) -- see docs/stability.md
-    profile = BatchProfile.read(spec.batch_profile) if spec.batch_profile else None
+    profile = batch_profile(spec)
     batching = {"max_batch": spec.max_batch, "profile": profile} if spec.max_batch > 1 else {}
+    if batching:
+        # A batched task's measured seconds include its company's slowdown, which the simulator adds again from
+        # the profile: feed it the solo alpha (b = 1: the synthetic engine's service time, or the model's time
+        # measured alone by `calibrate`), keeping only the shape of the measured times (the simulator rescales
+        # samples to mean alpha_i). Otherwise batching is counted twice.
+        alphas = spec.alphas or (spec.alpha_s,)
+        if spec.engine == "synthetic":
+            service = {"service": "deterministic"}
+        elif not spec.alphas and service.get("samples_synthesis"):
+            # calibrate's alpha is a first-step task (a short prompt, M = 0); synthesis steps carry the previous
+            # answers and take longer: keep their measured ratio, so the mix's mean is alpha x mean(all)/mean(1st)
+            first = service["samples"]
+            alphas = (spec.alpha_s * float(np.mean(every)) / float(np.mean(first)),)
+    alpha = max(alphas)
     base = dict(agents=spec.agents, layers=spec.layers, proposers=spec.proposers, rate=spec.rate, alphas=alphas,
                 **service, **policy, **batching)
     times = np.linspace(0.0, spec.duration_s, 201)

@@ -74,6 +74,7 @@ class ExperimentSettings:
     candidates: int = 3  # the agents' moa.peer_candidates
     max_batch: int = 1  # the agents' engine.max_batch (1: no batching, the paper's queue)
     batch_profile: str = ""  # alpha(b) per step: the synthetic agents' step costs, the simulator's and planner's
+    calibration: str = "solo"  # onnx without --alpha: how alpha is measured first ("solo" or "loaded")
 
     def specs(self) -> list[RunSpec]:
         out = []
@@ -153,7 +154,11 @@ def _run(mesh, spec: RunSpec, s: ExperimentSettings) -> RunStats:
     prompts, samples = run_live(mesh, spec, s)
     write_run_csv(s.out, spec, prompts, samples)
     stats = run_stats(spec, prompts, samples)
-    stats.sim = predict(spec, prompts, steady_prompts=s.sim_prompts)
+    try:
+        stats.sim = predict(spec, prompts, steady_prompts=s.sim_prompts)
+    except ValueError as exc:  # e.g. nothing answered within the drain: the run is kept, without a prediction
+        log.warning("%s: no simulator prediction: %s", spec.name, exc)
+        return stats
     write_sim_json(s.out, spec, stats.sim)
     log.info("%s: live queue %.3f (sim %.3f), latency %.3fs (sim %.3fs)", spec.name, stats.mean_in_system,
              stats.sim["mean_in_system"], stats.latency_mean, stats.sim["latency"]["mean"])
@@ -161,15 +166,32 @@ def _run(mesh, spec: RunSpec, s: ExperimentSettings) -> RunStats:
 
 
 def calibrate(mesh, s: ExperimentSettings, per_agent: int = 3) -> float:
-    """Mean inference seconds, from a few prompts answered alone (M = 0) by each agent in turn, idle mesh."""
+    """Mean inference seconds of one task alone in its agent's engine (b = 1), from prompts answered alone (M = 0).
+
+    `solo`: each agent in turn, the rest of the mesh idle. `loaded`: one prompt at every agent at once, so each
+    agent still runs one task at a time but shares the machine's cores with the others, as under load: the alpha
+    of one board when several agents share a machine's cores (4 agents on 2 cores here; docs/stability.md 6e).
+    """
     seconds: list[float] = []
+
+    def times(answer: dict) -> list[float]:
+        return [e["inference_s"] for layer in answer.get("trace", []) for e in layer["answered"]
+                if e.get("inference_s") is not None]
+
     with mesh.client() as client:
-        for i in range(per_agent):
+        for i in range(per_agent + (1 if s.calibration == "loaded" else 0)):
+            prompt = PROMPTS[i % len(PROMPTS)]
+            if s.calibration == "loaded":
+                futures = [client.submit(d, prompt, layers=0, proposers=0, max_new_tokens=s.max_new_tokens)
+                           for d in mesh.devices]
+                answers = [f.result(timeout=600) for f in futures]
+                if i > 0:  # the first round warms every agent up
+                    seconds += [x for a in answers for x in times(a)]
+                continue
             for device in mesh.devices:
-                answer = client.ask(device, PROMPTS[i % len(PROMPTS)], layers=0, proposers=0,
+                answer = client.ask(device, prompt, layers=0, proposers=0,
                                     max_new_tokens=s.max_new_tokens, timeout_s=600)
-                seconds += [e["inference_s"] for layer in answer.get("trace", []) for e in layer["answered"]
-                            if e.get("inference_s") is not None]
+                seconds += times(answer)
     if not seconds:
         raise InferenceError("calibration got no inference times back from the agents")
     return sum(seconds) / len(seconds)

@@ -21,7 +21,8 @@ ALPHA = 0.05
 def test_live_run_matches_the_simulator_and_agents_advertise_alpha(broker, tmp_path, capsys):
     settings = ExperimentSettings(agents=4, grid=[(1, 2)], rates=None, loads=[0.5], duration_s=25.0,
                                   engine="synthetic", alpha_s=ALPHA, out=tmp_path, progress=False,
-                                  sim_prompts=50_000, warmup_s=3.0)
+                                  sim_prompts=50_000, warmup_s=3.0, max_batch=1)
+    assert mesh_sections(settings)["engine"]["max_batch"] == 1  # Theorem 1: one task at a time, explicitly
     [spec] = settings.specs()
     assert spec == RunSpec(agents=4, layers=1, proposers=2, rate=pytest.approx(0.5 / (4 * ALPHA)),
                            duration_s=25.0, alpha_s=ALPHA, warmup_s=3.0)

@@ -135,3 +135,60 @@ def test_predict_replays_mixed_speeds_with_each_agents_measured_time():
     assert sim["steady"]["policy"] == "speed-aware" and sim["steady"]["candidates"] == 3
     assert len(sim["trace_t"]) == len(sim["trace_in_system"]) == 201
     assert 0 < sim["mean_in_system"] < 2
+
+
+def _batched_run(engine: str, batch_profile: str = ""):
+    """A batched run whose measured per-task seconds (0.3 first step, 0.6 later) are 3x the solo alpha (0.1)."""
+    spec = RunSpec(agents=4, layers=1, proposers=2, rate=1.0, duration_s=100.0, alpha_s=0.1, warmup_s=10.0,
+                   engine=engine, max_batch=4, batch_profile=batch_profile)
+    rng = np.random.default_rng(1)
+    prompts = []
+    for i, t in enumerate(np.sort(rng.uniform(0, 100, 400))):
+        trace = [Inference(f"agent{d}", 0.3, 1) for d in (1, 2, 3)] + [Inference(f"agent{i % 4 + 1}", 0.6, 2)]
+        prompts.append(PromptRecord(f"r{i}", f"agent{i % 4 + 1}", sent_at=float(t), answered_at=float(t) + 1.0,
+                                    inferences=4, inference_s=trace))
+    return spec, prompts
+
+
+def test_predict_feeds_a_batched_run_the_solo_alpha_not_the_times_measured_under_batching(tmp_path):
+    from edge_agent.stability.experiment import batch_profile
+    from edge_agent.stability.simulator import SimConfig, simulate
+
+    spec, prompts = _batched_run("synthetic")
+    sim = predict(spec, prompts, steady_prompts=5_000, replays=2)
+    assert sim["simulated_alpha_s"] == pytest.approx(0.1)  # not 0.375, the mean measured under batching
+    profile = batch_profile(spec)
+    assert profile is not None and profile.slowdown(2) == pytest.approx(1.25)  # the synthetic engine's default
+    arrivals = np.array([p.sent_at for p in prompts])
+    users = np.array([int(p.device[-1]) - 1 for p in prompts])
+    solo = [simulate(SimConfig(agents=4, layers=1, proposers=2, rate=1.0, alphas=(0.1,), max_batch=4,
+                               profile=profile, seed=spec.seed + 1 + r), arrivals=arrivals, users=users,
+                     window=(10.0, 100.0)).summary()["mean_in_system"] for r in range(2)]
+    assert sim["mean_in_system"] == pytest.approx(np.mean(solo))
+
+    # the real model: the calibrated solo alpha, the measured times' shape (synthesis twice the first step)
+    path = tmp_path / "profile.json"
+    path.write_text('{"step_s": {"1": 0.03, "2": 0.045, "3": 0.051, "4": 0.057}}')
+    spec, prompts = _batched_run("onnx", str(path))
+    sim = predict(spec, prompts, steady_prompts=5_000, replays=2)
+    # the first step at the calibrated 0.1 s, synthesis twice that as measured: mean (3 x 0.1 + 0.2) / 4
+    assert sim["simulated_alpha_s"] == pytest.approx(0.125)
+    assert sim["steady"]["utilization"] < 0.5  # at 3x the per-task time it would be past 1 (4 tasks/s per agent)
+
+
+def test_predict_unbatched_run_still_uses_the_measured_times():
+    spec, prompts = _batched_run("onnx")
+    spec = RunSpec(**{**spec.__dict__, "max_batch": 1, "rate": 0.5})
+    sim = predict(spec, prompts, steady_prompts=5_000, replays=2)
+    assert sim["simulated_alpha_s"] == pytest.approx(0.375)
+
+
+def test_the_agents_batch_by_default_but_theorem_1_runs_pin_one_task_at_a_time(tmp_path):
+    from edge_agent.config import EngineSection
+    from edge_agent.stability.live import ExperimentSettings, mesh_sections
+
+    assert EngineSection().max_batch == 4  # the best measured for the default model (docs/stability.md 6e)
+    s = ExperimentSettings(agents=4, grid=[(1, 2)], rates=None, loads=[0.7], duration_s=10.0, engine="synthetic",
+                           alpha_s=0.1, out=tmp_path)
+    assert mesh_sections(s)["engine"]["max_batch"] == 1
+    assert mesh_sections(ExperimentSettings(**{**s.__dict__, "max_batch": 4}))["engine"]["max_batch"] == 4
