@@ -21,13 +21,30 @@ def tiny_eos_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-eos-model"), eos_logit_bias=1000.0)
 
 
+def built_model_dir(name: str) -> Path:
+    """A catalogue model's build in the cache; skips the test when it is not built (`make test-models` builds)."""
+    from edge_agent.artifact.store import is_built, model_dir_for
+
+    path = model_dir_for(name)
+    if not is_built(path):
+        pytest.skip(f"{name} not built in {path}: run `edge-moa model build {name}`")
+    return path
+
+
+def assert_tokenizes_as_llama_cpp(engine, model_dir: Path, texts) -> None:
+    """Our tokenizer against llama.cpp's own on the GGUF the model was built from (kept beside the build)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    gguf = next(model_dir.parent.glob(f".{model_dir.name}.work/*.gguf"), None)
+    if gguf is None:
+        pytest.skip("the source GGUF is not kept beside the built model")
+    llama = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    for text in texts:
+        assert engine.encode(text) == llama.tokenize(text.encode(), add_bos=False, special=True), text
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The built default model (smollm2-135m-instruct); skips when it is not built."""
-    from edge_agent.artifact.store import is_built, model_dir_for
     from edge_agent.config import DEFAULT_MODEL
 
-    path = model_dir_for(DEFAULT_MODEL)
-    if not is_built(path):
-        pytest.skip(f"default model not built in {path}: run `edge-moa model build {DEFAULT_MODEL}`")
-    return path
+    return built_model_dir(DEFAULT_MODEL)

@@ -11,6 +11,7 @@ from edge_agent.artifact.manifest import read_manifest
 from edge_agent.engine.base import ChatMessage, GenerationRequest
 from edge_agent.engine.onnx import OnnxEngine
 from edge_agent.model.build import verify_model
+from tests.model_fixtures import assert_tokenizes_as_llama_cpp
 
 pytestmark = pytest.mark.slow
 
@@ -46,19 +47,12 @@ def test_no_bos_and_im_end_is_one_token(engine: OnnxEngine):
 
 
 def test_matches_llama_cpp_tokenization(engine: OnnxEngine, default_model_dir: Path):
-    llama_cpp = pytest.importorskip("llama_cpp")
-    gguf = next(default_model_dir.parent.glob(f".{default_model_dir.name}.work/*.gguf"), None)
-    if gguf is None:
-        pytest.skip("the source GGUF is not kept beside the built model")
-    llama = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
-    for text in (
+    assert_tokenizes_as_llama_cpp(engine, default_model_dir, (
         "Hello world",
         "<|im_start|>user\nWhat is 2+2?<|im_end|>\n",
         "  spaces\tand\nnewlines ",
         "Ünïcödé, emoji 🙂 and code: def f(x): return x**2",
-    ):
-        assert engine.encode(text) == llama.tokenize(text.encode(), add_bos=False, special=True), text
-
+    ))
 
 
 _LOAD_AND_ANSWER = """

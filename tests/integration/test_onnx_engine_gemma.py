@@ -2,19 +2,16 @@
 
 import pytest
 
-from edge_agent.artifact.store import is_built, model_dir_for
 from edge_agent.engine.base import ChatMessage, GenerationRequest
 from edge_agent.engine.onnx import OnnxEngine
+from tests.model_fixtures import built_model_dir
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def engine() -> OnnxEngine:
-    path = model_dir_for("gemma3-270m")
-    if not is_built(path):
-        pytest.skip(f"gemma3-270m not built in {path}: run `edge-moa model build gemma3-270m`")
-    return OnnxEngine(path, threads=2)
+    return OnnxEngine(built_model_dir("gemma3-270m"), threads=2)
 
 
 def test_completion_template_and_answer(engine: OnnxEngine):

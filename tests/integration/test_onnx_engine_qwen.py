@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from edge_agent.artifact.manifest import read_manifest
-from edge_agent.artifact.store import is_built, model_dir_for
 from edge_agent.engine.base import ChatMessage, GenerationRequest
 from edge_agent.engine.onnx import OnnxEngine
 from edge_agent.model.build import verify_model
+from tests.model_fixtures import assert_tokenizes_as_llama_cpp, built_model_dir
 
 pytestmark = pytest.mark.slow
 NAME = "qwen2.5-coder-0.5b-instruct"
@@ -18,10 +18,7 @@ IM_START, IM_END = 151644, 151645
 
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
-    path = model_dir_for(NAME)
-    if not is_built(path):
-        pytest.skip(f"{NAME} not built in {path}: run `edge-moa model build {NAME}`")
-    return path
+    return built_model_dir(NAME)
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +53,10 @@ def test_answers_greedily_and_stops_at_im_end(engine: OnnxEngine):
 
 
 def test_matches_llama_cpp_tokenization(engine: OnnxEngine, model_dir: Path):
-    llama_cpp = pytest.importorskip("llama_cpp")
-    gguf = next(model_dir.parent.glob(f".{model_dir.name}.work/*.gguf"), None)
-    if gguf is None:
-        pytest.skip("the source GGUF is not kept beside the built model")
-    llama = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
-    for text in (
+    assert_tokenizes_as_llama_cpp(engine, model_dir, (
         "Hello world",
         engine.render_prompt((ChatMessage("user", "What is 2+2?"),)),
         "  spaces\tand\nnewlines ",
         "Ünïcödé, emoji 🙂 and code: def f(x): return x**2",
         "数字 12345 and 3.14159",
-    ):
-        assert engine.encode(text) == llama.tokenize(text.encode(), add_bos=False, special=True), text
+    ))
