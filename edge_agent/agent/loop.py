@@ -117,12 +117,15 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
-        await self.start()
+        if not await self.start():  # asked to stop before any broker answered: nothing to leave cleanly
+            self._close_local()
+            return
         await self._stop.wait()
         await self.shutdown()
 
-    async def start(self) -> None:
-        """Connect, subscribe, re-send unacknowledged replies; discovery ends DISCOVERY_S later."""
+    async def start(self) -> bool:
+        """Connect, subscribe, re-send unacknowledged replies; discovery ends DISCOVERY_S later. False when
+        `stop` came while the broker was still unreachable."""
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self.tokenizer = OffLoopTokenizer(self.engine.prompt_ids, self._loop)
@@ -145,7 +148,8 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
         self.transport.subscribe(self.topics.all_status(), 0)
         for topic in self.discovery.subscriptions() if self.discovery else []:
             self.transport.subscribe(topic, 1)
-        await self._connect_with_retry()
+        if not await self._connect_with_retry():
+            return False
         self._publish_status()
         self.replies.resend_unsent()
         # Peers' retained statuses arrive right after subscribing: learn who is alive before choosing proposers.
@@ -153,12 +157,16 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
         self._periodic = [asyncio.create_task(self._every(self._status_interval_s, self._publish_status)),
                           asyncio.create_task(self._every(lambda: TICK_S, self._tick))]
         log.info("agent %s live (model %s, topic root %s)", self.device, self.engine.model_id, self.topics.root)
+        return True
 
     async def shutdown(self) -> None:
         for task in self._periodic:
             task.cancel()
         self.transport.publish(self.topics.status(self.device), self._offline(), qos=1, retain=True)
         await asyncio.sleep(0.1)
+        self._close_local()
+
+    def _close_local(self) -> None:
         self.transport.close()
         self.worker.close(timeout_s=0.5)
         self.tokenizer.close()
@@ -173,18 +181,24 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
     def _offline(self) -> bytes:
         return encode(Status(device=self.device, online=False, version=__version__))
 
-    async def _connect_with_retry(self) -> None:
+    async def _connect_with_retry(self) -> bool:
+        """True once connected; False if `stop` came first (a SIGTERM while the broker is down must end the
+        agent, not wait for a broker that may never come back)."""
         delay = 0.5
-        while True:
+        while not self._stop.is_set():
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self.transport.connect)
-                return
+                return True
             except TransportError as exc:
                 if not exc.retryable:
                     raise
                 log.warning("%s; retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
                 delay = min(delay * 2, self.config.mqtt.reconnect_max_s)
+        return False
 
     async def _every(self, period_s: Callable[[], float], action: Callable[[], None]) -> None:
         while True:

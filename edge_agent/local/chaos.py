@@ -277,14 +277,19 @@ def scenario_kill(cfg: ChaosConfig, workdir: Path, *, victim: str) -> Outcome:
         origin = mesh.devices[0]
         target = origin if victim == "origin" else rng.choice(mesh.devices[1:])
         at = rng.randint(cfg.prompts // 4, 3 * cfg.prompts // 4)
+        restart = threading.Timer(2.0, mesh.start_agent, args=(target,))
 
         def during(i: int) -> None:
             if i == at:
                 mesh.kill(target)
-                threading.Timer(2.0, mesh.start_agent, args=(target,)).start()
+                restart.start()
 
-        _load(ledger, [origin], cfg, f"kill-{victim}", during)
-        ledger.wait(cfg.drain_s, retry_after_s=cfg.retry_after_s)
+        try:
+            _load(ledger, [origin], cfg, f"kill-{victim}", during)
+            ledger.wait(cfg.drain_s, retry_after_s=cfg.retry_after_s)
+        finally:  # the restarted agent must exist before the mesh stops, or it outlives the mesh
+            if restart.is_alive() or restart.finished.is_set():
+                restart.join()
         out = ledger.outcome(f"kill -9 {victim} ({target})")
         out.extra = {"tracebacks": tracebacks(mesh), "killed_at_prompt": at}
         return out

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from functools import partial
 
 from edge_agent.agent.journal import Journal
 from edge_agent.engine import ChatMessage
 from edge_agent.engine.synthetic import SyntheticEngine
-from edge_agent.mqtt.memory import MemoryBroker
+from edge_agent.mqtt.memory import MemoryBroker, MemoryTransport
 from edge_agent.wire.messages import ResultMessage, Status, TaskAckMessage, UserRequest, encode
 from edge_agent.wire.topics import Topics
 from tests.unit.agent_harness import ROOT, User, kill, make_agent, started, stopped, wait_for
@@ -322,5 +323,29 @@ def test_a_prompt_is_tokenized_once_off_the_loop_and_the_engine_reads_the_ids(tm
         assert len(calls) == 1 and all(name.startswith("tokenize") for name in threads)
         assert seen == [tuple(original(calls[0]))]
         await stopped(agent)
+
+    run(scenario())
+
+
+def test_stop_while_the_broker_is_unreachable_ends_the_agent(tmp_path):
+    """SIGTERM during start-up retries (broker down) must end the agent at once, not after a broker comes back:
+    a chaos test's restarted agent once outlived its mesh this way."""
+    from edge_agent.errors import TransportError
+
+    class Unreachable(MemoryTransport):
+        attempts = 0
+
+        def connect(self) -> None:
+            Unreachable.attempts += 1
+            raise TransportError("cannot reach broker: connection refused")
+
+    async def scenario():
+        agent = make_agent(MemoryBroker(), "a", tmp_path)
+        agent._transport_factory = partial(Unreachable, MemoryBroker())
+        running = asyncio.create_task(agent.run())
+        await wait_for(lambda: Unreachable.attempts >= 2, what="two connection attempts")
+        agent.stop()
+        await asyncio.wait_for(running, 2.0)  # the retry delay is 1 s by now, 10 s later: not waited for
+        assert agent.worker._closed and Unreachable.attempts >= 2
 
     run(scenario())
