@@ -4,6 +4,12 @@ The file is what `tools/bench/batching.py --out FILE` writes:
 `{"model", "threads", "cpu", "onnxruntime", "step_s": {"1": s, ..., "8": s}, "task_s": {"1": s, ...}, ...}`.
 `step_s[b]` is the wall time of one decode step serving b rows; a row's progress per second is then
 1 / step_s[b] tokens, so b rows together go `b * step_s[1] / step_s[b]` times as fast as one alone.
+`task_s[b]` is the wall time of b whole tasks served together (prefill included) divided by b.
+
+Two readings (`basis`): `step` prices a row by decode steps alone, which is what the synthetic engine emulates;
+`task` prices it by whole tasks, so the newcomers' prefill, which the step times leave out, is in the cost.
+The planner and the simulator read `task` where the file has it: with short answers the prefill is a large
+part of a task (16 new tokens: b = 4 serves 2.2x the tasks by steps, 1.6x by tasks), and capacity follows tasks.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from ..errors import ConfigError
 
 @dataclass(frozen=True)
 class BatchProfile:
-    step_s: tuple[float, ...]  # step_s[b - 1]: seconds of one decode step with b rows, b = 1..len
+    step_s: tuple[float, ...]  # step_s[b - 1]: seconds one row's unit of progress takes with b rows, b = 1..len
     source: str = ""
+    basis: str = "step"  # what step_s was made from: decode steps, or whole tasks (b * task_s[b])
 
     def __post_init__(self) -> None:
         if not self.step_s or any(not s > 0 for s in self.step_s):
@@ -32,11 +39,21 @@ class BatchProfile:
         return cls(tuple(1.0 + batch_cost * (b - 1) for b in range(1, rows + 1)), f"linear:{batch_cost}")
 
     @classmethod
-    def read(cls, path: str | Path) -> BatchProfile:
+    def read(cls, path: str | Path, basis: str = "step") -> BatchProfile:
+        """The file's step times (`basis="step"`), or its whole-task times where it has them for every b from 1
+        (`basis="task"`: a row of b then costs b * task_s[b], prefill included; falls back to steps without)."""
+        if basis not in ("step", "task"):
+            raise ConfigError([("--profile-basis", basis, "must be step or task")])
         try:
             data = json.loads(Path(path).read_text())
             steps = data["step_s"]
             step_s = tuple(float(steps[str(b)]) for b in range(1, len(steps) + 1))
+            tasks = data.get("task_s") or {}
+            rows = 0
+            while str(rows + 1) in tasks:
+                rows += 1
+            if basis == "task" and rows:
+                return cls(tuple((b + 1) * float(tasks[str(b + 1)]) for b in range(rows)), str(path), "task")
         except OSError as exc:
             raise ConfigError([("--batch-profile", str(path), f"cannot read: {exc.strerror}")]) from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

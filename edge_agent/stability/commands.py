@@ -47,13 +47,20 @@ def _batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-profile", type=Path, default=None, metavar="FILE",
                    help="alpha(b) per decode step (tools/bench/batching.py --out); without it a batch of b "
                         "costs what one task does")
+    _basis_argument(p)
+
+
+def _basis_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile-basis", choices=("task", "step"), default="task",
+                   help="price a batch row by the profile's whole-task times, prefill included (task, default "
+                        "where the file has them), or by its decode steps alone (step)")
 
 
 def _batching(args: argparse.Namespace):
     """(max_batch, profile) from --max-batch and --batch-profile."""
     from ..engine.batch_profile import BatchProfile
 
-    profile = BatchProfile.read(args.batch_profile) if args.batch_profile else None
+    profile = BatchProfile.read(args.batch_profile, args.profile_basis) if args.batch_profile else None
     max_batch = args.max_batch if args.max_batch is not None else (profile.best_rows(profile.rows) if profile else 1)
     if max_batch < 1:
         raise ConfigError([("--max-batch", max_batch, "must be at least 1")])
@@ -118,6 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-profile", type=Path, default=None, metavar="FILE",
                    help="alpha(b) per decode step (tools/bench/batching.py --out): the synthetic agents' step "
                         "costs and the simulator's and planner's batching")
+    _basis_argument(e)
     e.add_argument("--calibrate", choices=("solo", "loaded"), default="solo",
                    help="onnx without --alpha: measure alpha (one task, b = 1) on each agent in turn with the rest "
                         "idle (solo), or on every agent at once, sharing the machine's cores as under load (loaded)")
@@ -199,7 +207,8 @@ def format_plan(p: Plan) -> str:
     b = p.batch
     if b is not None:
         lines += [
-            (f"continuous batching, max_batch {b.max_batch} ({b.profile or 'free batching'}; a bound: the "
+            (f"continuous batching, max_batch {b.max_batch} "
+             f"({f'{b.profile}, by {b.profile_basis}' if b.profile else 'free batching'}; a bound: the "
              "saturated service rate)"),
             (f"  tasks per alpha        {b.speedup:.2f}x with full batches (best b = {b.best_batch}: "
              f"{b.best_speedup:.2f}x)"),
@@ -317,6 +326,7 @@ def experiment_command(args: argparse.Namespace) -> int:
             sim_prompts=args.sim_prompts, progress=not args.no_progress, alphas=alphas, policies=policies,
             candidates=args.candidates, max_batch=args.max_batch,
             batch_profile=str(args.batch_profile) if args.batch_profile else "", calibration=args.calibrate,
+            profile_basis=args.profile_basis,
         )
         # A background run (where SIGINT is ignored) stopped with SIGTERM still stops its mesh on the way out.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -74,6 +74,7 @@ class ExperimentSettings:
     candidates: int = 3  # the agents' moa.peer_candidates
     max_batch: int = 1  # the agents' engine.max_batch (1: no batching, the paper's queue)
     batch_profile: str = ""  # alpha(b) per step: the synthetic agents' step costs, the simulator's and planner's
+    profile_basis: str = "task"  # how the simulator and planner read the profile (engine/batch_profile.py)
     calibration: str = "solo"  # onnx without --alpha: how alpha is measured first ("solo" or "loaded")
 
     def specs(self) -> list[RunSpec]:
@@ -90,7 +91,8 @@ class ExperimentSettings:
                         alpha_s=max(alphas), engine=self.engine, seed=self.seed,
                         warmup_s=self.warmup_s if self.warmup_s is not None else 0.1 * self.duration_s,
                         alphas=self.alphas, policy=policy, candidates=self.candidates,
-                        max_batch=self.max_batch, batch_profile=self.batch_profile))
+                        max_batch=self.max_batch, batch_profile=self.batch_profile,
+                        profile_basis=self.profile_basis))
         return out
 
 

@@ -104,6 +104,7 @@ class BatchPlan:
     max_rate_speed_aware: float | None = None  # the min-cut bound on the batched capacities
     stable_speed_aware: bool | None = None
     profile: str = ""
+    profile_basis: str = "step"  # whole tasks (prefill priced) or decode steps alone
 
 
 def batched_alphas(alphas: tuple[float, ...], profile: BatchProfile, max_batch: int) -> tuple[float, ...]:
@@ -124,7 +125,7 @@ def batch_plan(*, agents: int, layers: int, proposers: int, rate: float, alphas:
         max_batch=max_batch, speedup=profile.speedup(max_batch), best_batch=best, best_speedup=profile.speedup(best),
         max_rate=max_rate, utilization=util, stable=util < 1.0,
         max_rate_speed_aware=sa_rate, stable_speed_aware=(rate < sa_rate) if sa_rate is not None else None,
-        profile=profile.source,
+        profile=profile.source, profile_basis=profile.basis,
     )
 
 

@@ -177,6 +177,7 @@ class SimRun:
             "agents": cfg.agents, "layers": cfg.layers, "proposers": cfg.proposers, "rate": cfg.rate,
             "alphas": list(cfg.agent_alphas), "service": cfg.service, "policy": cfg.policy,
             "max_batch": cfg.max_batch, "batch_profile": cfg.profile.source if cfg.profile else None,
+            "profile_basis": cfg.profile.basis if cfg.profile else None,
             "candidates": cfg.d if cfg.policy != "uniform" else None,
             "prompts": int(self.prompt_arrival.size), "seed": cfg.seed,
             "inferences_per_prompt": inferences_per_prompt(cfg.layers, cfg.proposers),

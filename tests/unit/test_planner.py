@@ -207,3 +207,36 @@ def test_the_simulator_stays_bounded_below_the_batched_bound_and_grows_above():
     assert above["queue_growth_per_s"] > 0.05 and above["mean_in_system"] > 5 * below["mean_in_system"]
     # past Theorem 1's bound (2x here) yet bounded: what batching buys
     assert 0.8 * bound.max_rate > 1.7 * 0.25
+
+
+def test_task_basis_prices_prefill_the_step_basis_leaves_out(tmp_path):
+    """A profile whose steps batch well but whose whole tasks (prefill included) batch less: the planner's bound
+    follows the tasks by default and the steps only when asked."""
+    import json
+
+    from edge_agent.engine.batch_profile import BatchProfile
+    from edge_agent.stability.planner import batch_plan
+
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"step_s": {"1": 0.010, "2": 0.011, "3": 0.012, "4": 0.018},
+                                "task_s": {"1": 0.30, "2": 0.25, "3": 0.22, "4": 0.185}}))
+    by_task = BatchProfile.read(path, "task")
+    by_step = BatchProfile.read(path, "step")
+    assert (by_task.basis, by_step.basis) == ("task", "step")
+    assert abs(by_task.speedup(4) - 0.30 / 0.185) < 1e-9  # tasks/s with 4 together against one alone
+    assert abs(by_step.speedup(4) - 4 * 0.010 / 0.018) < 1e-9
+    plans = [batch_plan(agents=4, layers=1, proposers=2, rate=0.1, alphas=(1.0,), profile=p, max_batch=4)
+             for p in (by_task, by_step)]
+    assert plans[0].max_rate < plans[1].max_rate
+    assert abs(plans[0].max_rate - (0.30 / 0.185) / 4) < 1e-9  # Theorem 1's 1 / (alpha * 4), times the speedup
+
+
+def test_task_basis_falls_back_to_steps_without_task_times(tmp_path):
+    import json
+
+    from edge_agent.engine.batch_profile import BatchProfile
+
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"step_s": {"1": 0.01, "2": 0.015}}))
+    profile = BatchProfile.read(path, "task")
+    assert profile.basis == "step" and profile.step_s == (0.01, 0.015)
