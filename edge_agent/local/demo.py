@@ -22,6 +22,10 @@ def register(sub) -> None:
     demo = sub.add_parser("demo", help="start a local mesh with the default model and ask it a few questions")
     demo.add_argument("--agents", type=int, default=4, help="number of agents (default 4)")
     demo.add_argument("--model", default=DEFAULT_MODEL, help="catalogue name or built model directory")
+    demo.add_argument("--models", help="a mixed mesh: comma-separated model per agent, e.g. "
+                      "smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct (overrides --model and --agents)")
+    demo.add_argument("--aggregation", choices=("synthesize", "select"), default=None,
+                      help="how the origin turns the last layer's answers into one (default: the mesh's, synthesize)")
     demo.add_argument("--layers", "-M", type=int, default=1)
     demo.add_argument("--proposers", "-k", type=int, default=2)
     demo.add_argument("--max-new-tokens", type=int, default=64)
@@ -40,18 +44,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..mqtt.broker_process import local_broker
     from .mesh import LocalMesh
 
-    model_dir = resolve_model_dir(args.model)
+    names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else [args.model] * args.agents
+    dirs = [resolve_model_dir(name) for name in names]
     # SIGTERM (a supervisor, `timeout`, a test harness) must tear the mesh down like Ctrl-C: no orphans.
     signal.signal(signal.SIGTERM, _interrupt)
     logging.getLogger("edge_agent").setLevel(logging.WARNING)
     broker = local_broker(port=args.port)
     print(f"broker:  {broker.name} on {broker.address}")
-    print(f"model:   {model_dir}")
-    print(f"agents:  {args.agents} processes, {args.threads} inference thread(s) each; loading...", flush=True)
+    if len(set(dirs)) == 1:
+        print(f"model:   {dirs[0]}")
+    else:
+        print("models:  " + ", ".join(f"agent{i} {d.name}" for i, d in enumerate(dirs, 1)))
+    print(f"agents:  {len(dirs)} processes, {args.threads} inference thread(s) each; loading...", flush=True)
     started = time.monotonic()
-    with broker, LocalMesh(args.agents, engine={"model": str(model_dir), "threads": args.threads},
-                           moa={"max_new_tokens": args.max_new_tokens}, broker=broker,
-                           workdir=args.workdir, log_level="-v", metrics=args.serve) as mesh:
+    per_agent = {f"agent{i}": {"model": str(d)} for i, d in enumerate(dirs, 1)}
+    moa = {"max_new_tokens": args.max_new_tokens, **({"aggregation": args.aggregation} if args.aggregation else {})}
+    with broker, LocalMesh(len(dirs), engine={"threads": args.threads}, engine_per_agent=per_agent, moa=moa,
+                           broker=broker, workdir=args.workdir, log_level="-v", metrics=args.serve) as mesh:
         print(f"ready in {time.monotonic() - started:.1f}s: {', '.join(mesh.devices)} (logs in {mesh.workdir})\n")
         with mesh.client() as client:
             for i, prompt in enumerate(args.prompts or SAMPLE_PROMPTS):

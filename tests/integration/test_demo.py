@@ -23,6 +23,25 @@ def test_demo_prints_answers_with_their_proposers(tiny_model_dir, tmp_path):
     assert out.count("layer 2 aggregate: ") == 2
 
 
+def test_demo_runs_a_mixed_mesh_one_model_per_agent(tiny_model_dir, tiny_eos_model_dir, tmp_path):
+    """`--models`: each agent loads its own model (its config says which), and both answer within a prompt."""
+    import tomllib
+
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "demo", "--models", f"{tiny_model_dir},{tiny_eos_model_dir}", "-k", "1",
+         "--aggregation", "select", "--max-new-tokens", "6", "--workdir", str(tmp_path), "Hello?"],
+        capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert f"agent1 {tiny_model_dir.name}, agent2 {tiny_eos_model_dir.name}" in out
+    assert "agents:  2 processes" in out
+    propose = next(line for line in out.splitlines() if "layer 1 propose: " in line)
+    assert "agent1" in propose and "agent2" in propose
+    assert "layer 2 select: " in out
+    models = [tomllib.loads((tmp_path / d / "agent.toml").read_text())["engine"]["model"] for d in ("agent1", "agent2")]
+    assert models == [str(tiny_model_dir), str(tiny_eos_model_dir)]
+
+
 def serve_demo(model_dir, workdir) -> tuple[subprocess.Popen, str]:
     """`edge-moa demo --serve` with two agents; returns the process and its broker address once the mesh is up."""
     proc = subprocess.Popen(
