@@ -130,6 +130,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="onnx without --alpha: measure alpha (one task, b = 1) on each agent in turn with the rest "
                         "idle (solo), or on every agent at once, sharing the machine's cores as under load (loaded)")
     e.add_argument("--model", default=None, help="onnx: catalogue name or model directory (default: the default)")
+    e.add_argument("--models", default=None, metavar="A,B,...",
+                   help="onnx: a mixed mesh, one model per agent (overrides --model and --agents); alpha is then "
+                        "measured per agent, the planner and simulator get each agent's own")
     e.add_argument("--max-new-tokens", type=int, default=16)
     e.add_argument("--threads", type=int, default=1, help="onnx: inference threads per agent")
     e.add_argument("--warmup", type=float, default=None, help="seconds left out of the statistics "
@@ -305,6 +308,13 @@ def experiment_command(args: argparse.Namespace) -> int:
         problems = []
         if any(p not in ("uniform", "speed-aware") for p in policies):
             problems.append(("--policy", args.policy, "uniform, speed-aware, or both separated by a comma"))
+        models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else ()
+        if models:
+            if args.engine != "onnx":
+                problems.append(("--models", args.models, "a model per agent needs --engine onnx"))
+            if len(models) < 2:
+                problems.append(("--models", args.models, "at least two agents"))
+            args.agents = len(models)
         if alphas and (args.engine != "synthetic" or len(alphas) != args.agents):
             problems.append(("--alpha", args.alpha, f"one per agent ({args.agents}), synthetic engine only"))
         if problems:
@@ -326,7 +336,7 @@ def experiment_command(args: argparse.Namespace) -> int:
             sim_prompts=args.sim_prompts, progress=not args.no_progress, alphas=alphas, policies=policies,
             candidates=args.candidates, max_batch=args.max_batch,
             batch_profile=str(args.batch_profile) if args.batch_profile else "", calibration=args.calibrate,
-            profile_basis=args.profile_basis,
+            profile_basis=args.profile_basis, models=models,
         )
         # A background run (where SIGINT is ignored) stopped with SIGTERM still stops its mesh on the way out.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

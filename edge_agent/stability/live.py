@@ -76,6 +76,7 @@ class ExperimentSettings:
     batch_profile: str = ""  # alpha(b) per step: the synthetic agents' step costs, the simulator's and planner's
     profile_basis: str = "task"  # how the simulator and planner read the profile (engine/batch_profile.py)
     calibration: str = "solo"  # onnx without --alpha: how alpha is measured first ("solo" or "loaded")
+    models: tuple[str, ...] = ()  # onnx: one model per agent (a mixed mesh); alpha is then measured per agent
 
     def specs(self) -> list[RunSpec]:
         out = []
@@ -123,10 +124,12 @@ def _mesh(s: ExperimentSettings, policy: str):
 
     sections = mesh_sections(s)
     sections["moa"] = {**sections["moa"], "peer_policy": policy, "peer_candidates": s.candidates}
-    if not s.alphas:
+    if s.models:
+        per_agent = {f"agent{i}": {"model": m} for i, m in enumerate(s.models, start=1)}
+    elif s.alphas and s.engine == "synthetic":
+        per_agent = {f"agent{i}": {"synthetic_service_s": a} for i, a in enumerate(s.alphas, start=1)}
+    else:
         return LocalMesh(s.agents, **sections, log_level="-v")
-
-    per_agent = {f"agent{i}": {"synthetic_service_s": a} for i, a in enumerate(s.alphas, start=1)}
     return LocalMesh(s.agents, **sections, log_level="-v", engine_per_agent=per_agent)
 
 
@@ -139,8 +142,9 @@ def run_experiment(s: ExperimentSettings) -> list[RunStats]:
     for policy in s.policies:
         with _mesh(s, policy) as mesh:
             if s.alpha_s is None:
-                s = replace(s, alpha_s=calibrate(mesh, s))
-                log.info("measured alpha: %.3fs per inference", s.alpha_s)
+                s = calibrated(s, calibrate(mesh, s), mesh.devices)
+                log.info("measured alpha: %.3fs per inference%s", s.alpha_s,
+                         f" (per agent: {', '.join(f'{a:.3f}' for a in s.alphas)})" if s.alphas else "")
             for spec in (x for x in s.specs() if x.policy == policy):
                 results.append(_run(mesh, spec, s))
     results.sort(key=lambda r: (s.grid.index((r.spec.layers, r.spec.proposers)), r.spec.rate,
@@ -167,18 +171,36 @@ def _run(mesh, spec: RunSpec, s: ExperimentSettings) -> RunStats:
     return stats
 
 
-def calibrate(mesh, s: ExperimentSettings, per_agent: int = 3) -> float:
-    """Mean inference seconds of one task alone in its agent's engine (b = 1), from prompts answered alone (M = 0).
+def calibrated(s: ExperimentSettings, seconds: dict[str, list[float]], devices: list[str]) -> ExperimentSettings:
+    """The settings with the measured alpha: one mean for a mesh of one model; for a mixed mesh each agent's own
+    (`alphas`, in device order) and their max as alpha_s, which is what Theorem 1's uniform bound is set by."""
+    every = [x for d in devices for x in seconds.get(d, [])]
+    if not every:
+        raise InferenceError("calibration got no inference times back from the agents")
+    if not s.models or len(set(s.models)) == 1:
+        return replace(s, alpha_s=sum(every) / len(every))
+    missing = [d for d in devices if not seconds.get(d)]
+    if missing:
+        raise InferenceError(f"calibration got no inference times from {', '.join(missing)}")
+    alphas = tuple(sum(seconds[d]) / len(seconds[d]) for d in devices)
+    return replace(s, alphas=alphas, alpha_s=max(alphas))
+
+
+def calibrate(mesh, s: ExperimentSettings, per_agent: int = 3) -> dict[str, list[float]]:
+    """Inference seconds of one task alone in its agent's engine (b = 1), per agent, from prompts answered alone
+    (M = 0).
 
     `solo`: each agent in turn, the rest of the mesh idle. `loaded`: one prompt at every agent at once, so each
     agent still runs one task at a time but shares the machine's cores with the others, as under load: the alpha
     of one board when several agents share a machine's cores (4 agents on 2 cores here; docs/stability.md 6e).
     """
-    seconds: list[float] = []
+    seconds: dict[str, list[float]] = {}
 
-    def times(answer: dict) -> list[float]:
-        return [e["inference_s"] for layer in answer.get("trace", []) for e in layer["answered"]
-                if e.get("inference_s") is not None]
+    def keep(answer: dict) -> None:
+        for layer in answer.get("trace", []):
+            for e in layer["answered"]:
+                if e.get("inference_s") is not None:
+                    seconds.setdefault(e["device"], []).append(e["inference_s"])
 
     with mesh.client() as client:
         for i in range(per_agent + (1 if s.calibration == "loaded" else 0)):
@@ -188,15 +210,13 @@ def calibrate(mesh, s: ExperimentSettings, per_agent: int = 3) -> float:
                            for d in mesh.devices]
                 answers = [f.result(timeout=600) for f in futures]
                 if i > 0:  # the first round warms every agent up
-                    seconds += [x for a in answers for x in times(a)]
+                    for answer in answers:
+                        keep(answer)
                 continue
             for device in mesh.devices:
-                answer = client.ask(device, prompt, layers=0, proposers=0,
-                                    max_new_tokens=s.max_new_tokens, timeout_s=600)
-                seconds += times(answer)
-    if not seconds:
-        raise InferenceError("calibration got no inference times back from the agents")
-    return sum(seconds) / len(seconds)
+                keep(client.ask(device, prompt, layers=0, proposers=0, max_new_tokens=s.max_new_tokens,
+                                timeout_s=600))
+    return seconds
 
 
 def run_live(mesh, spec: RunSpec, s: ExperimentSettings) -> tuple[list[PromptRecord], list[QueueSample]]:

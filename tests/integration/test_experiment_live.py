@@ -61,3 +61,37 @@ def test_live_run_matches_the_simulator_and_agents_advertise_alpha(broker, tmp_p
     assert all(a == pytest.approx(ALPHA, rel=0.2) for a in alphas.values())
     assert planned["alphas"] == [pytest.approx(ALPHA, rel=0.2)] * 4
     assert planned["stable"] is True
+
+
+def test_a_mixed_mesh_is_calibrated_per_agent(tiny_model_dir, tiny_eos_model_dir, tmp_path):
+    """`experiment --models A,B`: each agent runs its own model, and alpha is measured per agent (the EOS model
+    answers at once, the other decodes every token), so the planner and simulator get each agent's own."""
+    from edge_agent.stability.live import _mesh, calibrate, calibrated
+
+    models = (str(tiny_model_dir), str(tiny_eos_model_dir))
+    settings = ExperimentSettings(agents=2, grid=[(1, 1)], rates=None, loads=[0.5], duration_s=10.0,
+                                  engine="onnx", alpha_s=None, out=tmp_path, progress=False, models=models,
+                                  max_new_tokens=64, calibration="loaded")
+    with _mesh(settings, "uniform") as mesh:
+        seconds = calibrate(mesh, settings, per_agent=2)
+        configured = [mesh.config_path(d).read_text() for d in mesh.devices]
+    assert all(model in text for model, text in zip(models, configured))
+    assert sorted(seconds) == ["agent1", "agent2"] and all(len(v) == 2 for v in seconds.values())
+    done = calibrated(settings, seconds, ["agent1", "agent2"])
+    assert done.alphas[0] > 3 * done.alphas[1]  # 64 decoded tokens against an immediate EOS
+    assert done.alpha_s == max(done.alphas)
+    [spec] = done.specs()
+    assert spec.alphas == done.alphas and spec.rate == pytest.approx(0.5 / (3 * done.alpha_s))
+
+
+def test_calibration_of_one_model_keeps_one_alpha(tmp_path):
+    from edge_agent.errors import InferenceError
+    from edge_agent.stability.live import calibrated
+
+    base = ExperimentSettings(agents=2, grid=[(1, 1)], rates=None, loads=[1.0], duration_s=10.0, engine="onnx",
+                              alpha_s=None, out=tmp_path)
+    one = calibrated(base, {"agent1": [1.0, 3.0], "agent2": [2.0]}, ["agent1", "agent2"])
+    assert one.alpha_s == pytest.approx(2.0) and one.alphas == ()
+    mixed = ExperimentSettings(**{**base.__dict__, "models": ("a", "b")})
+    with pytest.raises(InferenceError, match="agent2"):
+        calibrated(mixed, {"agent1": [1.0]}, ["agent1", "agent2"])
