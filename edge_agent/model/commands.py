@@ -39,6 +39,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="exact on any onnxruntime and CPU (a model to copy to other boards); default: exact and faster "
         "on machines whose onnxruntime lays out its 4-bit weights like this one's (checked at build time)",
     )
+    build.add_argument(
+        "--exporter",
+        choices=("genai", "optimum"),
+        default="genai",
+        help="genai: onnxruntime-genai's builder (default, the fast GroupQueryAttention graph); optimum: "
+        "optimum-onnx, for architectures the builder lacks (slower decode, one request at a time; needs "
+        "`make install-optimum`)",
+    )
+    build.add_argument(
+        "--exporter-python",
+        type=Path,
+        help="the python of the venv that has optimum-onnx (default: $EDGE_MOA_OPTIMUM_PYTHON, this one if it "
+        "has optimum, else the checkout's .venv-optimum)",
+    )
     build.set_defaults(func=_build)
 
     listing = commands.add_parser("list", help="catalogue models and whether they are built")
@@ -63,6 +77,8 @@ def _build(args: argparse.Namespace) -> int:
             force=args.force,
             exact=not args.requantize,
             portable=args.portable,
+            exporter=args.exporter,
+            exporter_python=args.exporter_python,
         )
     except EdgeMoaError as exc:
         print(f"model build failed: {exc}", file=sys.stderr)

@@ -65,7 +65,7 @@ def build_tiny_model(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(vocab_size)
+    tokenizer = train_tokenizer(vocab_size)
     tokenizer.save(str(out / "tokenizer.json"))
     vocab = tokenizer.get_vocab_size()
     shape = _Shape(
@@ -167,7 +167,8 @@ def _write_genai_config(out: Path, shape: _Shape):
     )
 
 
-def _train_tokenizer(vocab_size: int):
+def train_tokenizer(vocab_size: int):
+    """The tiny models' byte-level BPE, trained in-process on a fixed corpus (the same ids every time)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
