@@ -192,3 +192,17 @@ def test_the_agents_batch_by_default_but_theorem_1_runs_pin_one_task_at_a_time(t
                            alpha_s=0.1, out=tmp_path)
     assert mesh_sections(s)["engine"]["max_batch"] == 1
     assert mesh_sections(ExperimentSettings(**{**s.__dict__, "max_batch": 4}))["engine"]["max_batch"] == 4
+
+
+def test_experiment_models_are_refused_off_the_onnx_engine_and_alone(tmp_path, capsys):
+    """`--models` names one model per agent of a real mesh: with the synthetic engine or one model it is a usage
+    error that says so, before any mesh starts."""
+    from edge_agent.cli import main
+
+    code = main(["experiment", "--engine", "synthetic", "--models", "a,b", "--grid", "1,1", "--load", "0.5",
+                 "--duration", "5", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code != 0 and "--models" in err and "--engine onnx" in err
+    code = main(["experiment", "--engine", "onnx", "--models", "a", "--grid", "1,1", "--load", "0.5",
+                 "--duration", "5", "--out", str(tmp_path)])
+    assert code != 0 and "at least two agents" in capsys.readouterr().err
