@@ -99,6 +99,7 @@ class RunSpec:
     max_batch: int = 1  # the agents' engine.max_batch (continuous batching past 1)
     batch_profile: str = ""  # alpha(b) per step (tools/bench/batching.py --out): the simulator's and the planner's
     profile_basis: str = "task"  # whole tasks (prefill priced) where the profile has them, else decode steps
+    batch_slowdown: float = 0.0  # slowdown(max_batch) measured on the live agents (calibrate loaded); 0: the profile's
 
     @property
     def name(self) -> str:
@@ -222,7 +223,8 @@ def service_samples(prompts: list[PromptRecord]) -> dict:
 def batch_profile(spec: RunSpec) -> BatchProfile | None:
     """The slowdown(b) the run's agents had: the profile given, else the synthetic engine's linear default."""
     if spec.batch_profile:
-        return BatchProfile.read(spec.batch_profile, spec.profile_basis)
+        profile = BatchProfile.read(spec.batch_profile, spec.profile_basis)
+        return profile.calibrated(spec.max_batch, spec.batch_slowdown) if spec.batch_slowdown else profile
     if spec.engine == "synthetic" and spec.max_batch > 1:
         return BatchProfile.linear(SYNTHETIC_BATCH_COST, max(8, spec.max_batch))
     return None

@@ -77,6 +77,7 @@ class ExperimentSettings:
     profile_basis: str = "task"  # how the simulator and planner read the profile (engine/batch_profile.py)
     calibration: str = "solo"  # onnx without --alpha: how alpha is measured first ("solo" or "loaded")
     models: tuple[str, ...] = ()  # onnx: one model per agent (a mixed mesh); alpha is then measured per agent
+    batch_slowdown: float = 0.0  # slowdown(max_batch) measured under load by `calibrate` (0: the profile's own)
 
     def specs(self) -> list[RunSpec]:
         out = []
@@ -93,7 +94,7 @@ class ExperimentSettings:
                         warmup_s=self.warmup_s if self.warmup_s is not None else 0.1 * self.duration_s,
                         alphas=self.alphas, policy=policy, candidates=self.candidates,
                         max_batch=self.max_batch, batch_profile=self.batch_profile,
-                        profile_basis=self.profile_basis))
+                        profile_basis=self.profile_basis, batch_slowdown=self.batch_slowdown))
         return out
 
 
@@ -145,6 +146,9 @@ def run_experiment(s: ExperimentSettings) -> list[RunStats]:
                 s = calibrated(s, calibrate(mesh, s), mesh.devices)
                 log.info("measured alpha: %.3fs per inference%s", s.alpha_s,
                          f" (per agent: {', '.join(f'{a:.3f}' for a in s.alphas)})" if s.alphas else "")
+                if s.calibration == "loaded" and s.max_batch > 1 and s.batch_profile:
+                    s = replace(s, batch_slowdown=batch_slowdown(mesh, s))
+                    log.info("measured slowdown at b = %d under load: %.2f", s.max_batch, s.batch_slowdown)
             for spec in (x for x in s.specs() if x.policy == policy):
                 results.append(_run(mesh, spec, s))
     results.sort(key=lambda r: (s.grid.index((r.spec.layers, r.spec.proposers)), r.spec.rate,
@@ -184,6 +188,23 @@ def calibrated(s: ExperimentSettings, seconds: dict[str, list[float]], devices: 
         raise InferenceError(f"calibration got no inference times from {', '.join(missing)}")
     alphas = tuple(sum(seconds[d]) / len(seconds[d]) for d in devices)
     return replace(s, alphas=alphas, alpha_s=max(alphas))
+
+
+def batch_slowdown(mesh, s: ExperimentSettings, rounds: int = 2) -> float:
+    """How much longer a task takes when every agent serves max_batch at once than alpha (one each at once), on
+    these agents: where several share a machine's cores they batch worse than the profile's lone process (cache,
+    memory bandwidth, the agents' own threads), and the simulator must know by how much (docs/stability.md 6f)."""
+    seconds: list[float] = []
+    with mesh.client() as client:
+        for r in range(rounds):
+            futures = [client.submit(d, PROMPTS[(r + j) % len(PROMPTS)], layers=0, proposers=0,
+                                     max_new_tokens=s.max_new_tokens)
+                       for j in range(s.max_batch) for d in mesh.devices]
+            seconds += [e["inference_s"] for f in futures for layer in f.result(timeout=900).get("trace", [])
+                        for e in layer["answered"] if e.get("inference_s") is not None]
+    if not seconds or not s.alpha_s:
+        raise InferenceError("batch calibration got no inference times back from the agents")
+    return max(1.0, sum(seconds) / len(seconds) / s.alpha_s)
 
 
 def calibrate(mesh, s: ExperimentSettings, per_agent: int = 3) -> dict[str, list[float]]:

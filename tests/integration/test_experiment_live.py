@@ -95,3 +95,16 @@ def test_calibration_of_one_model_keeps_one_alpha(tmp_path):
     mixed = ExperimentSettings(**{**base.__dict__, "models": ("a", "b")})
     with pytest.raises(InferenceError, match="agent2"):
         calibrated(mixed, {"agent1": [1.0]}, ["agent1", "agent2"])
+
+
+def test_the_slowdown_of_a_full_batch_is_measured_on_the_live_agents(broker, tmp_path):
+    """`calibrate loaded` with batching also measures what max_batch rows at once cost on these agents; on the
+    synthetic engine (a step of b rows costs 1 + 0.25 (b - 1) steps of one) that is its own slowdown(4) = 1.75."""
+    from edge_agent.stability.live import batch_slowdown
+
+    settings = ExperimentSettings(agents=2, grid=[(1, 1)], rates=None, loads=[0.5], duration_s=10.0,
+                                  engine="synthetic", alpha_s=0.2, out=tmp_path, progress=False, max_batch=4)
+    root = f"test/{uuid.uuid4().hex[:8]}"
+    with LocalMesh(2, **mesh_sections(settings), broker=broker, topic_root=root) as mesh:
+        measured = batch_slowdown(mesh, settings, rounds=1)
+    assert measured == pytest.approx(1.75, rel=0.2)

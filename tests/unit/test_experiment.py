@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -206,3 +208,18 @@ def test_experiment_models_are_refused_off_the_onnx_engine_and_alone(tmp_path, c
     code = main(["experiment", "--engine", "onnx", "--models", "a", "--grid", "1,1", "--load", "0.5",
                  "--duration", "5", "--out", str(tmp_path)])
     assert code != 0 and "at least two agents" in capsys.readouterr().err
+
+
+def test_a_batched_run_is_simulated_with_the_slowdown_measured_under_load(tmp_path):
+    import json
+
+    from edge_agent.stability.experiment import RunSpec, batch_profile
+
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"step_s": {"1": 0.01, "2": 0.012, "3": 0.014, "4": 0.016},
+                                "task_s": {"1": 1.0, "2": 0.6, "3": 0.5, "4": 0.45}}))
+    spec = RunSpec(agents=4, layers=1, proposers=2, rate=0.1, duration_s=10, alpha_s=1.0, engine="onnx",
+                   max_batch=4, batch_profile=str(path))
+    assert batch_profile(spec).slowdown(4) == pytest.approx(1.8)  # 4 x 0.45 / 1.0, by tasks
+    loaded = replace(spec, batch_slowdown=2.6)
+    assert batch_profile(loaded).slowdown(4) == pytest.approx(2.6)

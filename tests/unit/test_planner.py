@@ -240,3 +240,20 @@ def test_task_basis_falls_back_to_steps_without_task_times(tmp_path):
     path.write_text(json.dumps({"step_s": {"1": 0.01, "2": 0.015}}))
     profile = BatchProfile.read(path, "task")
     assert profile.basis == "step" and profile.step_s == (0.01, 0.015)
+
+
+def test_a_profile_calibrated_under_load_keeps_its_shape_and_meets_the_measured_slowdown():
+    from edge_agent.engine.batch_profile import BatchProfile
+    from edge_agent.errors import ConfigError
+
+    profile = BatchProfile((1.0, 1.3, 1.7, 1.9, 2.5, 2.7, 3.0, 3.3), "bench", "task")
+    loaded = profile.calibrated(8, 4.8)
+    assert loaded.slowdown(8) == pytest.approx(4.8) and loaded.slowdown(1) == 1.0
+    stretch = (4.8 - 1) / (3.3 - 1)
+    assert loaded.slowdown(4) == pytest.approx(1 + 0.9 * stretch)
+    assert loaded.basis == "task" and "4.80 at b = 8" in loaded.source
+    assert loaded.speedup(8) == pytest.approx(8 / 4.8)
+    with pytest.raises(ConfigError):
+        profile.calibrated(1, 2.0)
+    with pytest.raises(ConfigError):
+        profile.calibrated(8, 0.5)
