@@ -65,8 +65,8 @@ class BatchProfile:
         agents sharing cores batch worse than one process measured alone): slowdown'(x) = 1 + (slowdown(x) - 1)
         * (slowdown - 1) / (self.slowdown(b) - 1)."""
         if b < 2 or not slowdown >= 1.0 or self.slowdown(b) <= 1.0:
-            raise ConfigError([("batch slowdown", slowdown, f"needs b >= 2, a slowdown >= 1 and a profile that "
-                                                              f"slows down at b = {b}")])
+            why = f"needs b >= 2, a slowdown >= 1 and a profile that slows down at b = {b}"
+            raise ConfigError([("batch slowdown", slowdown, why)])
         stretch = (slowdown - 1.0) / (self.slowdown(b) - 1.0)
         steps = tuple(self.step_s[0] * (1.0 + (self.slowdown(x) - 1.0) * stretch) for x in range(1, self.rows + 1))
         return BatchProfile(steps, f"{self.source} (x{stretch:.2f}: slowdown {slowdown:.2f} at b = {b} as measured "
