@@ -45,7 +45,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .mesh import LocalMesh
 
     names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else [args.model] * args.agents
-    dirs = [resolve_model_dir(name) for name in names]
+    from ..model.catalogue import catalogue_names
+
+    dirs = [resolve_model_dir(name, known_names=catalogue_names) for name in names]
     # SIGTERM (a supervisor, `timeout`, a test harness) must tear the mesh down like Ctrl-C: no orphans.
     signal.signal(signal.SIGTERM, _interrupt)
     logging.getLogger("edge_agent").setLevel(logging.WARNING)
