@@ -174,9 +174,10 @@ class ServingSteps:
             log.exception("completing task %s of %s failed", task.task_id, task.request_id)
 
     def _complete(self, task: QueuedTask, outcome: Generation | Exception) -> None:
-        text, error, seconds, new_tokens = None, None, 0.0, 0
+        text, error, seconds, new_tokens, prompt_tokens = None, None, 0.0, 0, None
         if isinstance(outcome, Generation):
             text, seconds, new_tokens = outcome.text, outcome.seconds, outcome.new_tokens
+            prompt_tokens = min(max(int(outcome.prompt_tokens), 0), 10**7)
             # alpha per task = the engine's busy time per task finished since the last estimate: with a batch of b
             # rows, b tasks share one wall time (DESIGN sec. 4); one at a time it is each inference's own time
             per_task = self._service_time_per_task(seconds)
@@ -190,9 +191,11 @@ class ServingSteps:
             run = self.runs.get(task.request_id)
             if run is not None:
                 self._execute(run, run.on_result(self.device, task.task_id, text, error, seconds, self._alive(),
-                                                 self.rng, time.monotonic(), new_tokens=new_tokens))
+                                                 self.rng, time.monotonic(), new_tokens=new_tokens,
+                                                 prompt_tokens=prompt_tokens))
             return
         result_msg = ResultMessage(sender=self.device, request_id=task.request_id, layer=task.layer,
                                    task_id=task.task_id, text=text, error=error,
-                                   inference_s=round(min(seconds, 86400.0), 4), new_tokens=new_tokens)
+                                   inference_s=round(min(seconds, 86400.0), 4), new_tokens=new_tokens,
+                                   prompt_tokens=prompt_tokens)
         self._send_internal(task.origin, result_msg)

@@ -93,3 +93,51 @@ class BatchProfile:
     def best_rows(self, max_rows: int) -> int:
         """The b <= max_rows with the highest throughput (where more rows stop paying)."""
         return max(range(1, max_rows + 1), key=self.speedup)
+
+
+@dataclass(frozen=True)
+class TokenCosts:
+    """A task's cost token by token, for the simulator's iteration model (stability/iteration_server.py).
+
+    From the same file when `tools/bench/batching.py` measured them (`token_costs`): a decode step with b rows
+    costs `decode.step_s[b - 1]` at a context of `step_context` slots per row, plus `context_s` per slot that
+    the rows hold beyond it (each row's attention reads its own slots) and `padding_s` per row per slot the
+    longest row holds beyond it (the attention mask is as wide as the longest row); a prompt of P tokens
+    prefills in `prefill_fixed_s + prefill_token_s * P`, in pieces of `prefill_chunk`. Whole-task profiles hide
+    what this separates: a synthesis prompt carrying three answers prefills as long as the answer decodes, and
+    prefill does not batch.
+    """
+
+    decode: BatchProfile
+    step_context: float
+    context_s: float
+    padding_s: float
+    prefill_fixed_s: float
+    prefill_token_s: float
+    prefill_chunk: int = 64
+
+    @classmethod
+    def read(cls, path: str | Path) -> TokenCosts:
+        decode = BatchProfile.read(path, "step")
+        try:
+            costs = json.loads(Path(path).read_text())["token_costs"]
+            return cls(decode, float(costs["step_context"]), max(0.0, float(costs["context_s"])),
+                       max(0.0, float(costs["padding_s"])), max(0.0, float(costs["prefill_fixed_s"])),
+                       float(costs["prefill_token_s"]), int(costs["prefill_chunk"]))
+        except (KeyError, TypeError) as exc:
+            why = "has no token_costs: measure it again with tools/bench/batching.py (needed by --profile-basis tokens)"
+            raise ConfigError([("--batch-profile", str(path), why)]) from exc
+        except ValueError as exc:
+            raise ConfigError([("--batch-profile", str(path), f"not a batch profile ({exc!r})")]) from exc
+
+    def step(self, contexts: list[float]) -> float:
+        """Seconds of one decode step of rows holding `contexts` slots each (0 for no row)."""
+        b = len(contexts)
+        if not b:
+            return 0.0
+        base = self.decode.step_s[0] * self.decode.slowdown(b)
+        extra = sum(max(0.0, c - self.step_context) for c in contexts)
+        return base + self.context_s * extra + self.padding_s * b * max(0.0, max(contexts) - self.step_context)
+
+    def prefill(self, prompt_tokens: int) -> float:
+        return self.prefill_fixed_s + self.prefill_token_s * prompt_tokens

@@ -50,10 +50,15 @@ def _batch_arguments(p: argparse.ArgumentParser) -> None:
     _basis_argument(p)
 
 
-def _basis_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile-basis", choices=("task", "step"), default="task",
+def _basis_argument(p: argparse.ArgumentParser, *, tokens: bool = False) -> None:
+    help_tokens = ("; or (tokens) the simulator serves each agent iteration by iteration, as the engine does: "
+                   "decode steps by the rows' contexts, each newcomer's prefill chunks stalling them, the cores the "
+                   "agents share; tasks as the run's answers traced them (prompt and new tokens). Needs a profile "
+                   "with token_costs" if tokens else "")
+    p.add_argument("--profile-basis", choices=("task", "step", "tokens") if tokens else ("task", "step"),
+                   default="task",
                    help="price a batch row by the profile's whole-task times, prefill included (task, default "
-                        "where the file has them), or by its decode steps alone (step)")
+                        "where the file has them), or by its decode steps alone (step)" + help_tokens)
 
 
 def _batching(args: argparse.Namespace):
@@ -317,6 +322,13 @@ def experiment_command(args: argparse.Namespace) -> int:
             args.agents = len(models)
         if alphas and (args.engine != "synthetic" or len(alphas) != args.agents):
             problems.append(("--alpha", args.alpha, f"one per agent ({args.agents}), synthetic engine only"))
+        if args.profile_basis == "tokens":
+            if not args.batch_profile:
+                problems.append(("--profile-basis", "tokens", "needs --batch-profile FILE with token_costs"))
+            else:
+                from ..engine.batch_profile import TokenCosts
+
+                TokenCosts.read(args.batch_profile)  # a profile without token costs fails now, not after the runs
         if problems:
             raise ConfigError(problems)
         for m, k in grid:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..config import EngineSection
-from ..engine.batch_profile import BatchProfile
+from ..engine.batch_profile import BatchProfile, TokenCosts
 from ..errors import ConfigError
 from .planner import plan
 from .simulator import SimConfig, simulate
@@ -56,6 +56,8 @@ class Inference(NamedTuple):
     device: str
     seconds: float
     step: int = 0  # 1-based position of its layer in the trace (1 = the first step); 0 = not recorded
+    prompt_tokens: int = 0  # what its prefill read (0: not recorded)
+    new_tokens: int = 0
 
 
 @dataclass
@@ -100,6 +102,8 @@ class RunSpec:
     batch_profile: str = ""  # alpha(b) per step (tools/bench/batching.py --out): the simulator's and the planner's
     profile_basis: str = "task"  # whole tasks (prefill priced) where the profile has them, else decode steps
     batch_slowdown: float = 0.0  # slowdown(max_batch) measured on the live agents (calibrate loaded); 0: the profile's
+    threads: int = 1  # the agents' engine.threads
+    cores: float = 0.0  # the cores the agents share (one machine); 0: each has its own (or a synthetic engine)
 
     @property
     def name(self) -> str:
@@ -182,7 +186,7 @@ def write_run_csv(out: Path, spec: RunSpec, prompts: list[PromptRecord], samples
         for p in prompts:
             w.writerow([p.request_id, p.device, f"{p.sent_at:.4f}", _fmt(p.answered_at), _fmt(p.latency_s),
                         _fmt(p.agent_latency_s), p.inferences or "", p.error or "",
-                        " ".join(f"{i.device}:{i.step}:{i.seconds:.4f}" for i in p.inference_s)])
+                        " ".join(_inference_text(i) for i in p.inference_s)])
     with open(out / f"{spec.name}.queue.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["t", "device", "queue_length", "busy"])
@@ -223,11 +227,28 @@ def service_samples(prompts: list[PromptRecord]) -> dict:
 def batch_profile(spec: RunSpec) -> BatchProfile | None:
     """The slowdown(b) the run's agents had: the profile given, else the synthetic engine's linear default."""
     if spec.batch_profile:
+        if spec.profile_basis == "tokens":  # the iteration model prices steps itself (and shares the cores)
+            return BatchProfile.read(spec.batch_profile, "step")
         profile = BatchProfile.read(spec.batch_profile, spec.profile_basis)
         return profile.calibrated(spec.max_batch, spec.batch_slowdown) if spec.batch_slowdown else profile
     if spec.engine == "synthetic" and spec.max_batch > 1:
         return BatchProfile.linear(SYNTHETIC_BATCH_COST, max(8, spec.max_batch))
     return None
+
+
+def token_work(spec: RunSpec, prompts: list[PromptRecord]) -> dict:
+    """SimConfig keywords of the iteration model for a live run: the profile's token costs and the (prompt, new)
+    tokens of every task the run's answers traced, first step and later steps apart."""
+    costs = TokenCosts.read(spec.batch_profile)
+    first = tuple((i.prompt_tokens, i.new_tokens) for p in prompts for i in p.inference_s
+                  if i.step == 1 and i.prompt_tokens)
+    later = tuple((i.prompt_tokens, i.new_tokens) for p in prompts for i in p.inference_s
+                  if i.step > 1 and i.prompt_tokens)
+    if not first:
+        raise ValueError(f"{spec.name}: the answers' traces carry no token counts (agents older than the iteration "
+                         "model?): use --profile-basis task")
+    return {"costs": costs, "tokens_first": first, "tokens_synthesis": later,
+            "cores": spec.cores or None, "threads": spec.threads}
 
 
 def predict(spec: RunSpec, prompts: list[PromptRecord], *, steady_prompts: int = 200_000,
@@ -259,7 +280,12 @@ def predict(spec: RunSpec, prompts: list[PromptRecord], *, steady_prompts: int =
     users = np.array([u for _, u in schedule])
     profile = batch_profile(spec)
     batching = {"max_batch": spec.max_batch, "profile": profile} if spec.max_batch > 1 else {}
-    if batching:
+    if spec.profile_basis == "tokens":
+        # the iteration model: the profile's token costs, the run's own tasks (prompt, new tokens), shared cores
+        batching = {"max_batch": spec.max_batch, **token_work(spec, prompts)}
+        alphas = spec.alphas or (spec.alpha_s,)
+        service = {"service": "deterministic"}
+    elif batching:
         # A batched task's measured seconds include its company's slowdown, which the simulator adds again from
         # the profile: feed it the solo alpha (b = 1: the synthetic engine's service time, or the model's time
         # measured alone by `calibrate`), keeping only the shape of the measured times (the simulator rescales
@@ -299,10 +325,19 @@ def predict(spec: RunSpec, prompts: list[PromptRecord], *, steady_prompts: int =
     if planned.batch is not None:
         stable = planned.batch.stable_speed_aware if planned.speed_aware else planned.batch.stable
     steady_n = steady_prompts if stable else max(10, round(spec.agents * spec.rate * spec.duration_s))
+    if spec.profile_basis == "tokens":
+        steady_n = min(steady_n, 20_000)  # a few events per task in Python: long enough for the averages
     steady = simulate(SimConfig(**base, prompts=steady_n, seed=spec.seed + 1,
                                 warmup=min(spec.warmup_s / spec.duration_s, 0.5))).summary()
     steady.pop("per_agent")
     out["steady"] = steady
+    if spec.profile_basis == "tokens":
+        from .iteration_server import token_capacity
+
+        out["token_capacity"] = token_capacity(
+            batching["costs"], batching["tokens_first"], batching["tokens_synthesis"], agents=spec.agents,
+            layers=spec.layers, proposers=spec.proposers, max_batch=spec.max_batch, cores=batching["cores"],
+            threads=spec.threads)
     return out
 
 
@@ -326,11 +361,19 @@ def load_results(out: Path) -> list[RunStats]:
     return results
 
 
+def _inference_text(i: Inference) -> str:
+    text = f"{i.device}:{i.step}:{i.seconds:.4f}"
+    return f"{text}:{i.prompt_tokens}:{i.new_tokens}" if i.prompt_tokens else text
+
+
 def _inference(text: str) -> Inference:
-    """`device:step:seconds`, or `device:seconds` as the first runs wrote it."""
+    """`device:step:seconds:prompt_tokens:new_tokens`, or without the tokens (runs before they were traced), or
+    `device:seconds` as the first runs wrote it."""
     parts = text.split(":")
     if len(parts) == 2:
         return Inference(parts[0], float(parts[1]))
+    if len(parts) == 5:
+        return Inference(parts[0], float(parts[2]), int(parts[1]), int(parts[3]), int(parts[4]))
     return Inference(parts[0], float(parts[2]), int(parts[1]))
 
 

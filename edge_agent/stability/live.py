@@ -7,6 +7,7 @@ every `heartbeat_s`; periodic samples give the time-average without bias. Latenc
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -94,7 +95,8 @@ class ExperimentSettings:
                         warmup_s=self.warmup_s if self.warmup_s is not None else 0.1 * self.duration_s,
                         alphas=self.alphas, policy=policy, candidates=self.candidates,
                         max_batch=self.max_batch, batch_profile=self.batch_profile,
-                        profile_basis=self.profile_basis, batch_slowdown=self.batch_slowdown))
+                        profile_basis=self.profile_basis, batch_slowdown=self.batch_slowdown,
+                        threads=self.threads, cores=float(os.cpu_count() or 1) if self.engine == "onnx" else 0.0))
         return out
 
 
@@ -146,7 +148,7 @@ def run_experiment(s: ExperimentSettings) -> list[RunStats]:
                 s = calibrated(s, calibrate(mesh, s), mesh.devices)
                 log.info("measured alpha: %.3fs per inference%s", s.alpha_s,
                          f" (per agent: {', '.join(f'{a:.3f}' for a in s.alphas)})" if s.alphas else "")
-                if s.calibration == "loaded" and s.max_batch > 1 and s.batch_profile:
+                if s.calibration == "loaded" and s.max_batch > 1 and s.batch_profile and s.profile_basis != "tokens":
                     s = replace(s, batch_slowdown=batch_slowdown(mesh, s))
                     log.info("measured slowdown at b = %d under load: %.2f", s.max_batch, s.batch_slowdown)
             for spec in (x for x in s.specs() if x.policy == policy):
@@ -298,7 +300,8 @@ def _on_answer(rec: PromptRecord, start: float, bar, future: Future) -> None:
     else:
         rec.agent_latency_s = answer.get("latency_s")
         rec.inferences = answer.get("inferences")
-        rec.inference_s = [Inference(e["device"], float(e["inference_s"]), step)
+        rec.inference_s = [Inference(e["device"], float(e["inference_s"]), step, int(e.get("prompt_tokens") or 0),
+                                     int(e.get("new_tokens") or 0))
                            for step, layer in enumerate(answer.get("trace", []), start=1)
                            for e in layer.get("answered", []) if e.get("inference_s") is not None]
     if bar is not None:

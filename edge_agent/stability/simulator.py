@@ -13,7 +13,12 @@ task joins at once when a row is free (else it waits FCFS) and leaves when its w
 row progresses at 1 / slowdown(b) of its solo speed (the batch profile, engine/batch_profile.py). Ends then depend
 on later arrivals: each agent keeps its rows by the work they still need in its own "row time" (the work one row
 has received since the agent started), and the heap holds one next-completion event per agent, re-issued (the old
-one ignored by its version) whenever b changes. Prefill is served like decode (a per-task work, not modelled apart).
+one ignored by its version) whenever b changes. Prefill is served like decode there (a per-task work).
+
+With token costs (`costs`, `--profile-basis tokens`) agents are served iteration by iteration instead, as the
+engine really does (stability/iteration_server.py): tasks carry measured prompt and new tokens, each newcomer's
+prefill chunks stall the decoding rows, a step costs more as the rows' contexts grow, and agents on one machine
+share its cores.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from ..config import MoaSection
-from ..engine.batch_profile import BatchProfile
+from ..engine.batch_profile import BatchProfile, TokenCosts
 from ..errors import ConfigError
+from .iteration_server import IterationServer
 from .planner import inferences_per_prompt, per_agent_alphas, validate
 
 PEER_CANDIDATES = MoaSection.model_fields["peer_candidates"].default
@@ -59,6 +65,13 @@ class SimConfig:
     warmup: float = 0.1  # fraction of the arrival horizon left out of the statistics
     max_batch: int = 1  # rows an agent decodes together (1: the paper's FCFS, one task at a time)
     profile: BatchProfile | None = None  # slowdown(b) of a step with b rows; None: free batching (slowdown 1)
+    # The iteration model (stability/iteration_server.py): tasks priced token by token, prefill apart; service
+    # times and alphas then only rank peers. Tasks draw (prompt tokens, new tokens) from the measured pairs.
+    costs: TokenCosts | None = None
+    tokens_first: tuple[tuple[int, int], ...] = ()  # the first step's tasks (short prompts)
+    tokens_synthesis: tuple[tuple[int, int], ...] = ()  # later steps (prompts carry the answers); () = first's
+    cores: float | None = None  # agents share this many cores (one machine); None: each has its own
+    threads: int = 1  # per agent, with `cores`
 
     def __post_init__(self) -> None:
         validate(agents=self.agents, layers=self.layers, proposers=self.proposers, rate=self.rate,
@@ -80,6 +93,10 @@ class SimConfig:
             problems.append(("--warmup", self.warmup, "a fraction in [0, 1)"))
         if self.max_batch < 1:
             problems.append(("--max-batch", self.max_batch, "must be at least 1"))
+        if self.costs is not None and not self.tokens_first:
+            problems.append(("--profile-basis", "tokens", "needs the tasks' measured prompt and new tokens"))
+        if self.cores is not None and not self.cores > 0:
+            problems.append(("--cores", self.cores, "must be positive"))
         if problems:
             raise ConfigError(problems)
 
@@ -176,8 +193,10 @@ class SimRun:
         return {
             "agents": cfg.agents, "layers": cfg.layers, "proposers": cfg.proposers, "rate": cfg.rate,
             "alphas": list(cfg.agent_alphas), "service": cfg.service, "policy": cfg.policy,
-            "max_batch": cfg.max_batch, "batch_profile": cfg.profile.source if cfg.profile else None,
-            "profile_basis": cfg.profile.basis if cfg.profile else None,
+            "max_batch": cfg.max_batch,
+            "batch_profile": cfg.costs.decode.source if cfg.costs else cfg.profile.source if cfg.profile else None,
+            "profile_basis": "tokens" if cfg.costs else cfg.profile.basis if cfg.profile else None,
+            "cores": cfg.cores,
             "candidates": cfg.d if cfg.policy != "uniform" else None,
             "prompts": int(self.prompt_arrival.size), "seed": cfg.seed,
             "inferences_per_prompt": inferences_per_prompt(cfg.layers, cfg.proposers),
@@ -326,7 +345,10 @@ def simulate(cfg: SimConfig, *, arrivals: np.ndarray | None = None, users: np.nd
         for a in targets:
             in_system[a] += 1
             t_agent[tid], t_arr[tid], task_prompt[tid] = a, t, p
-            if batched:
+            if server is not None:
+                prompt_tokens, new_tokens = (first_l if lay == 1 else syn_tokens)[tid]
+                server.admit(a, tid, prompt_tokens, new_tokens, t)
+            elif batched:
                 admit(a, tid, service[tid] * alpha_l[a], t)
             else:
                 f = free[a]
@@ -344,7 +366,7 @@ def simulate(cfg: SimConfig, *, arrivals: np.ndarray | None = None, users: np.nd
             push(heap, (last, tid, p, -1))
 
     # -- continuous batching (max_batch > 1): per agent, rows by the row time at which they finish --
-    batched = cfg.max_batch > 1
+    batched = cfg.max_batch > 1 or cfg.costs is not None
     step_events = not batched and policy == "uniform"
     rows_cap = cfg.max_batch
     slow = [1.0] + [cfg.profile.slowdown(b) if cfg.profile else 1.0 for b in range(1, rows_cap + 1)]
@@ -358,6 +380,15 @@ def simulate(cfg: SimConfig, *, arrivals: np.ndarray | None = None, users: np.nd
     t0_w, t1_w = (window if window else (cfg.warmup * float(arrivals[-1]), float(arrivals[-1])))
 
     due = [0.0] * n  # when the agent's pending event fires (inf: none)
+    server = None
+    if cfg.costs is not None:
+        server = IterationServer(n, cfg.costs, rows_cap, heap, t_start, t_end, cores=cfg.cores,
+                                 threads=cfg.threads, window=(t0_w, t1_w))
+        busy_s = server.busy_s
+        pairs_first = cfg.tokens_first
+        pairs_syn = cfg.tokens_synthesis or pairs_first
+        first_l = [pairs_first[j] for j in rng.integers(0, len(pairs_first), size=tasks)]
+        syn_tokens = [pairs_syn[j] for j in rng.integers(0, len(pairs_syn), size=tasks)]
 
     def admit(a: int, task: int, work: float, t: float) -> None:
         mine = rows[a]
@@ -411,9 +442,12 @@ def simulate(cfg: SimConfig, *, arrivals: np.ndarray | None = None, users: np.nd
             continue
         if batched:
             end, _, ver, a = pop(heap)
-            if ver != version[a]:
+            if server is not None:
+                task = server.fire(a, end, ver)
+            elif ver != version[a]:
                 continue  # superseded: the agent's batch changed since
-            task = finish(a, end)
+            else:
+                task = finish(a, end)
             if task < 0:
                 continue  # fired early (rows joined since it was set): re-issued for the right time
             p = task_prompt[task]

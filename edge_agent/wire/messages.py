@@ -189,7 +189,7 @@ class TraceEntry(Frozen):
     outcome: Literal["ok", "busy", "ack_timeout", "result_timeout", "error", "unreachable"]
     inference_s: Seconds | None = None
     new_tokens: Count | None = None
-    prompt_tokens: Count | None = None  # a select step: the tokens its ranking prefills read
+    prompt_tokens: Count | None = None  # the tokens its prefill read (a select step: its ranking's)
     detail: str | None = None
 
 
@@ -315,6 +315,7 @@ class ResultMessage(InternalMessage):
     error: ErrorBody | None = None
     inference_s: Seconds = 0.0
     new_tokens: Count = 0
+    prompt_tokens: Count | None = None  # what the prefill read (the simulator prices prefill apart)
 
 
 Internal = Annotated[TaskMessage | TaskAckMessage | ResultMessage, Field(discriminator="type")]

@@ -10,7 +10,7 @@ import pytest
 
 from edge_agent.local.mesh import LocalMesh
 from edge_agent.stability.commands import register
-from edge_agent.stability.experiment import RunSpec, predict, run_stats, write_run_csv
+from edge_agent.stability.experiment import RunSpec, predict, read_run_csv, run_stats, write_run_csv
 from edge_agent.stability.live import ExperimentSettings, advertised_alphas, mesh_sections, run_live
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,16 @@ def test_live_run_matches_the_simulator_and_agents_advertise_alpha(broker, tmp_p
     assert len(prompts) > 100
     assert all(p.answered_at is not None and p.error is None for p in prompts)
     assert all(p.inferences == 4 for p in prompts)
+    # every traced task says what its prefill read and what it generated (the iteration model's workload); a
+    # synthesis prompt carries the three answers of the first step, so it is longer than the user's prompt
+    steps = [i for p in prompts for i in p.inference_s]
+    assert all(i.prompt_tokens > 0 and i.new_tokens > 0 for i in steps)
+    first = [i.prompt_tokens for i in steps if i.step == 1]
+    later = [i.prompt_tokens for i in steps if i.step == 2]
+    assert len(first) == 3 * len(later) and min(later) > max(first)
     write_run_csv(tmp_path, spec, prompts, samples)
+    read_back = read_run_csv(tmp_path, spec.name)[1][0].inference_s
+    assert [i._replace(seconds=round(i.seconds, 4)) for i in prompts[0].inference_s] == read_back
     assert (tmp_path / f"{spec.name}.queue.csv").exists()
 
     stats = run_stats(spec, prompts, samples)

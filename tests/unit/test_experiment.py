@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -223,3 +224,32 @@ def test_a_batched_run_is_simulated_with_the_slowdown_measured_under_load(tmp_pa
     assert batch_profile(spec).slowdown(4) == pytest.approx(1.8)  # 4 x 0.45 / 1.0, by tasks
     loaded = replace(spec, batch_slowdown=2.6)
     assert batch_profile(loaded).slowdown(4) == pytest.approx(2.6)
+
+
+def test_predict_in_the_iteration_model_reads_each_tasks_tokens_and_the_shared_cores(tmp_path):
+    """`--profile-basis tokens`: the run's traced (prompt, new) tokens priced by the profile's token costs; on a
+    machine whose cores the agents share the prediction is slower than with a board each, and the capacity bound
+    comes beside it."""
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"step_s": {"1": 0.01, "2": 0.013, "3": 0.016, "4": 0.019}, "token_costs": {
+        "step_context": 60, "context_s": 5e-6, "padding_s": 1e-6, "prefill_fixed_s": 0.0,
+        "prefill_token_s": 0.0025, "prefill_chunk": 64}}))
+    spec, prompts = _batched_run("onnx", str(path))
+    with pytest.raises(ValueError, match="no token counts"):
+        predict(replace(spec, profile_basis="tokens"), prompts, steady_prompts=2_000, replays=1)
+    for p in prompts:
+        p.inference_s = [i._replace(prompt_tokens=40 if i.step == 1 else 300, new_tokens=30) for i in p.inference_s]
+    shared = replace(spec, profile_basis="tokens", rate=0.5, cores=2.0, threads=1)
+    alone = replace(shared, cores=0.0)
+    with_cores = predict(shared, prompts, steady_prompts=2_000, replays=2)
+    without = predict(alone, prompts, steady_prompts=2_000, replays=2)
+    assert with_cores["steady"]["profile_basis"] == "tokens" and with_cores["steady"]["cores"] == 2.0
+    assert with_cores["latency"]["mean"] > without["latency"]["mean"]
+    capacity = with_cores["token_capacity"]
+    assert capacity["share"] == 0.5 and without["token_capacity"]["share"] == 1.0
+    # per prompt: 3 tasks of 40 prompt tokens + one of 300, each 29 decode steps shared by 4 rows
+    # (the first step's contexts, 40 + 30 / 2, are under the profile's 60: no extra)
+    cpu = 3 * 0.1 + 0.75 + 3 * 29 * 0.019 / 4 + 29 * (0.019 + 5e-6 * 4 * 255 + 1e-6 * 4 * 255) / 4
+    assert capacity["cpu_s_per_prompt"] == pytest.approx(cpu)
+    assert capacity["max_rate"] == pytest.approx(0.5 / cpu)
+    assert 1.0 < capacity["speedup"] < 4.0  # prefill does not batch

@@ -50,10 +50,17 @@ def _requests(b: int, new_tokens: int) -> list[GenerationRequest]:
     ]
 
 
-def step_seconds(engine, b: int, new_tokens: int, statistic=statistics.median) -> float:
+def _long_request(new_tokens: int) -> GenerationRequest:
+    """A prompt as long as a synthesis prompt carrying three answers of 128 tokens (~480 tokens)."""
+    return GenerationRequest(messages=(ChatMessage("user", " ".join(QUESTIONS * 6)),), max_new_tokens=new_tokens,
+                             temperature=0)
+
+
+def step_seconds(engine, b: int, new_tokens: int, statistic=statistics.median,
+                 requests: list[GenerationRequest] | None = None) -> float:
     """Wall time of one decode step with b rows, all prefilled: the median (or `statistic`) over STEPS steps."""
     batch = engine.open_batch(max_rows=b, stop_at_eos=False)
-    for index, request in enumerate(_requests(b, new_tokens + STEPS + 8)):
+    for index, request in enumerate(requests or _requests(b, new_tokens + STEPS + 8)):
         batch.add(request, tag=index)
     while batch.decoding < b:
         batch.step()
@@ -73,6 +80,44 @@ def task_seconds(engine, b: int, new_tokens: int) -> float:
     wall = time.perf_counter() - started
     assert all(isinstance(r, Generation) and r.new_tokens == new_tokens for r in results), results
     return wall / b
+
+
+def token_costs(engine, b: int, runs: int) -> dict:
+    """What engine/batch_profile.py's TokenCosts reads: the step's cost per slot of context (every row long, and
+    one row long among short ones, which parts the rows' own reads from the mask's width) and prefill seconds
+    against prompt length (short and long prompts, one new token), fastest of `runs` each."""
+    # enough new tokens that the first rows still decode when the last has been prefilled (a long prompt is 8
+    # chunks, and the first row decodes through the others' chunks)
+    budget = 8 * b + STEPS + 16
+    short = _requests(b, budget)
+    long_ = [_long_request(budget) for _ in range(b)]
+    short_len = statistics.mean(engine.count_prompt_tokens(r.messages) for r in short)
+    long_len = engine.count_prompt_tokens(long_[0].messages)
+    base = min(step_seconds(engine, b, 0, requests=short) for _ in range(runs))
+    every = min(step_seconds(engine, b, 0, requests=long_) for _ in range(runs))
+    one = min(step_seconds(engine, b, 0, requests=[long_[0], *short[1:]]) for _ in range(runs))
+    gap = long_len - short_len
+    context_s = max(0.0, (every - one) / ((b - 1) * gap))  # all long minus one long: b - 1 rows' own slots
+    padding_s = max(0.0, (one - base - context_s * gap) / (b * gap))
+
+    def prefill(request: GenerationRequest) -> float:
+        one_token = GenerationRequest(messages=request.messages, max_new_tokens=1, temperature=0)
+        return min(_timed(lambda: engine.generate_batch([one_token], stop_at_eos=False)) for _ in range(runs + 1))
+
+    p_short, p_long = prefill(short[0]), prefill(long_[0])
+    s0_len = engine.count_prompt_tokens(short[0].messages)
+    slope = (p_long - p_short) / (long_len - s0_len)
+    return {"step_context": round(short_len + STEPS / 2, 1), "context_s": context_s, "padding_s": padding_s,
+            "prefill_fixed_s": max(0.0, p_short - slope * s0_len), "prefill_token_s": slope,
+            "prefill_chunk": engine.prefill_chunk, "rows": b, "long_prompt_tokens": long_len,
+            "step_s_short_long_mixed": [round(base, 6), round(every, 6), round(one, 6)],
+            "prefill_s_short_long": [round(p_short, 6), round(p_long, 6)]}
+
+
+def _timed(run) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
 
 
 def worker_llamacpp(gguf: Path, model_dir: Path, threads: int, b: int, new_tokens: int) -> dict:
@@ -202,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = llamacpp_run(gguf, model_dir, args.threads, b, args.new_tokens)
                 if result:
                     theirs[b].append(result["task_s"])
+    costs = token_costs(engine, max(batches), args.runs) if max(batches) > 1 else None
     engine.close()
     step_s = {b: statistics.median(steps[b]) for b in batches}
     task_s = {b: statistics.median(tasks[b]) for b in batches}
@@ -230,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         "llamacpp_task_s": {str(b): round(s, 6) for b, s in their_s.items()},
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
+    if costs:
+        profile["token_costs"] = costs
+        print(f"token costs (b = {costs['rows']}): prefill {costs['prefill_token_s'] * 1000:.2f} ms/token + "
+              f"{costs['prefill_fixed_s'] * 1000:.1f} ms; a step +{costs['context_s'] * 1e6:.2f} us per slot of "
+              f"context of each row, +{costs['padding_s'] * 1e6:.2f} us per row per slot of the longest")
     if batches != list(range(1, len(batches) + 1)):
         print("note: a profile needs b = 1..B without gaps; not written", file=sys.stderr)
     elif args.out:

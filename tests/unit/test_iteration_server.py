@@ -1,0 +1,102 @@
+"""The simulator's iteration model: prefill as work of its own that stalls the decoding rows, contexts, shared cores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge_agent.engine.batch_profile import BatchProfile, TokenCosts
+from edge_agent.errors import ConfigError
+from edge_agent.stability.simulator import SimConfig, simulate
+
+STEPS = (0.01, 0.015, 0.02, 0.025)  # a decode step of b rows
+PREFILL = 0.002  # seconds per prompt token, in chunks of 64
+
+
+def _costs(context_s: float = 0.0, padding_s: float = 0.0) -> TokenCosts:
+    return TokenCosts(BatchProfile(STEPS), step_context=0.0, context_s=context_s, padding_s=padding_s,
+                      prefill_fixed_s=0.0, prefill_token_s=PREFILL, prefill_chunk=64)
+
+
+def _run(arrivals, users, tokens, *, agents=1, max_batch=4, cores=None, costs=None, layers=0, proposers=0):
+    cfg = SimConfig(agents=agents, layers=layers, proposers=proposers, rate=0.01, alphas=(1.0,), prompts=1,
+                    costs=costs or _costs(), tokens_first=tokens, max_batch=max_batch, cores=cores)
+    return simulate(cfg, arrivals=np.asarray(arrivals, dtype=float), users=np.asarray(users))
+
+
+def test_a_task_alone_is_its_prefill_then_one_step_per_further_token():
+    run = _run([0.0], [0], ((100, 10),))
+    # 100 tokens in two chunks (0.2 s), then 9 decode steps of one row (the first token came with the prompt)
+    assert run.task_end[0] - run.task_start[0] == pytest.approx(100 * PREFILL + 9 * STEPS[0])
+
+
+def test_a_newcomers_prefill_stalls_the_row_already_decoding():
+    run = _run([0.0, 0.0], [0, 0], ((100, 10),))
+    # task 0: 2 chunks (0.1 s each) -> decoding from 0.2 s; task 1's 2 chunks then share each iteration with
+    # task 0's step (0.01 + 0.1), so task 1 decodes from 0.42 s; then 7 steps of two rows end task 0, and task 1
+    # needs 2 more steps alone
+    first = 0.2 + 2 * (STEPS[0] + 0.1) + 7 * STEPS[1]
+    assert run.task_end[0] == pytest.approx(first)
+    assert run.task_end[1] == pytest.approx(first + 2 * STEPS[0])
+    # the same two with no prefill cost would decode together from the start
+    free = _run([0.0, 0.0], [0, 0], ((1, 10),))
+    assert free.task_end[1] < 0.25 < run.task_end[1]
+
+
+def test_past_max_rows_a_task_waits_fcfs_for_a_free_row():
+    run = _run([0.0, 0.0], [0, 0], ((100, 10),), max_batch=1)
+    alone = 100 * PREFILL + 9 * STEPS[0]
+    assert run.task_start[1] == pytest.approx(run.task_end[0]) == pytest.approx(alone)
+    assert run.task_end[1] == pytest.approx(2 * alone)
+
+
+def test_agents_sharing_cores_slow_each_other_only_while_both_work():
+    alone = 100 * PREFILL + 9 * STEPS[0]
+    shared = _run([0.0, 0.0], [0, 1], ((100, 10),), agents=2, cores=1.0)
+    assert shared.task_end.tolist() == pytest.approx([2 * alone, 2 * alone])
+    own = _run([0.0, 0.0], [0, 1], ((100, 10),), agents=2, cores=2.0)
+    assert own.task_end.tolist() == pytest.approx([alone, alone])
+    # the second agent starts when the first is half done: half a core each until the first ends, then a whole one
+    late = _run([0.0, alone / 2], [0, 1], ((100, 10),), agents=2, cores=1.0)
+    assert late.task_end[0] == pytest.approx(alone / 2 + alone)  # its second half at half speed
+    assert late.task_end[1] == pytest.approx(alone / 2 + alone + alone / 2)  # half done by then, the rest alone
+
+
+def test_a_long_context_row_slows_the_step_of_every_row():
+    costs = _costs(context_s=1e-5, padding_s=1e-6)
+    short = _run([0.0, 0.0], [0, 0], ((10, 50),), costs=costs)
+    assert costs.step([100.0, 600.0]) == pytest.approx(STEPS[1] + 1e-5 * 700 + 1e-6 * 2 * 600)
+    mixed = _run([0.0, 0.0], [0, 0], ((10, 50), (500, 50)), costs=costs)
+    assert mixed.task_end.max() > short.task_end.max()
+
+
+def test_every_prompt_of_a_mesh_is_answered_once_in_the_iteration_model():
+    pairs_first, pairs_later = ((40, 60), (45, 128), (30, 20)), ((300, 128), (420, 90))
+    cfg = SimConfig(agents=4, layers=1, proposers=2, rate=0.15, alphas=(1.5,), prompts=3000, seed=3,
+                    costs=_costs(context_s=4e-6), tokens_first=pairs_first, tokens_synthesis=pairs_later,
+                    max_batch=8, cores=2.0, threads=1, policy="speed-aware", candidates=3)
+    run = simulate(cfg)
+    assert run.task_agent.size == 3000 * 4  # 3 proposers and the aggregation per prompt
+    assert np.all(run.task_start >= run.task_arrival) and np.all(run.task_end > run.task_start)
+    assert np.all(run.prompt_done > run.prompt_arrival)
+    summary = run.summary()
+    assert summary["profile_basis"] == "tokens" and summary["cores"] == 2.0
+    assert 0 < summary["utilization"] <= 1.0
+
+
+def test_token_costs_come_from_the_profile_file_or_a_clear_error(tmp_path):
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"step_s": {"1": 0.01, "2": 0.015}}))
+    with pytest.raises(ConfigError, match="token_costs"):
+        TokenCosts.read(path)
+    path.write_text(json.dumps({"step_s": {"1": 0.01, "2": 0.015}, "token_costs": {
+        "step_context": 62, "context_s": 5e-6, "padding_s": -1e-7, "prefill_fixed_s": 0.001,
+        "prefill_token_s": 0.0025, "prefill_chunk": 64}}))
+    costs = TokenCosts.read(path)
+    assert costs.padding_s == 0.0  # a noisy negative fit is no cost
+    assert costs.prefill(100) == pytest.approx(0.251)
+    assert costs.step([62.0, 162.0]) == pytest.approx(0.015 + 5e-6 * 100)
+    with pytest.raises(ConfigError, match="measured prompt and new tokens"):
+        SimConfig(agents=2, layers=0, proposers=0, rate=0.1, alphas=(1.0,), costs=costs)
