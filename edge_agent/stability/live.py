@@ -79,6 +79,8 @@ class ExperimentSettings:
     calibration: str = "solo"  # onnx without --alpha: how alpha is measured first ("solo" or "loaded")
     models: tuple[str, ...] = ()  # onnx: one model per agent (a mixed mesh); alpha is then measured per agent
     batch_slowdown: float = 0.0  # slowdown(max_batch) measured under load by `calibrate` (0: the profile's own)
+    cores: float = 0.0  # --profile-basis tokens: effective cores the agents share (0: fitted on the mesh first)
+    step_stretch: float = 1.0  # --profile-basis tokens: the batch cost's stretch, fitted with `cores`
 
     def specs(self) -> list[RunSpec]:
         out = []
@@ -96,8 +98,15 @@ class ExperimentSettings:
                         alphas=self.alphas, policy=policy, candidates=self.candidates,
                         max_batch=self.max_batch, batch_profile=self.batch_profile,
                         profile_basis=self.profile_basis, batch_slowdown=self.batch_slowdown,
-                        threads=self.threads, cores=float(os.cpu_count() or 1) if self.engine == "onnx" else 0.0))
+                        threads=self.threads, cores=self._cores(), step_stretch=self.step_stretch))
         return out
+
+    def _cores(self) -> float:
+        """What the agents share: as fitted, else the machine's count for a real model (the synthetic engine
+        sleeps: it shares nothing)."""
+        if self.cores:
+            return self.cores
+        return float(os.cpu_count() or 1) if self.engine == "onnx" else 0.0
 
 
 def mesh_sections(s: ExperimentSettings) -> dict:
@@ -151,6 +160,10 @@ def run_experiment(s: ExperimentSettings) -> list[RunStats]:
                 if s.calibration == "loaded" and s.max_batch > 1 and s.batch_profile and s.profile_basis != "tokens":
                     s = replace(s, batch_slowdown=batch_slowdown(mesh, s))
                     log.info("measured slowdown at b = %d under load: %.2f", s.max_batch, s.batch_slowdown)
+            if s.profile_basis == "tokens" and not s.cores:
+                s = replace(s, **fit_token_model(mesh, s))
+                log.info("iteration model fitted to the agents: %.2f effective cores, batch cost x%.2f",
+                         s.cores, s.step_stretch)
             for spec in (x for x in s.specs() if x.policy == policy):
                 results.append(_run(mesh, spec, s))
     results.sort(key=lambda r: (s.grid.index((r.spec.layers, r.spec.proposers)), r.spec.rate,
@@ -190,6 +203,40 @@ def calibrated(s: ExperimentSettings, seconds: dict[str, list[float]], devices: 
         raise InferenceError(f"calibration got no inference times from {', '.join(missing)}")
     alphas = tuple(sum(seconds[d]) / len(seconds[d]) for d in devices)
     return replace(s, alphas=alphas, alpha_s=max(alphas))
+
+
+def loaded_tasks(mesh, s: ExperimentSettings, per_agent: int, rounds: int = 2) -> list[tuple[int, int, float]]:
+    """(prompt tokens, new tokens, seconds) of `per_agent` tasks sent to every agent at once (M = 0), `rounds`
+    times after one round of warm-up."""
+    tasks: list[tuple[int, int, float]] = []
+    with mesh.client() as client:
+        for r in range(rounds + 1):
+            futures = [client.submit(d, PROMPTS[(r + j) % len(PROMPTS)], layers=0, proposers=0,
+                                     max_new_tokens=s.max_new_tokens)
+                       for j in range(per_agent) for d in mesh.devices]
+            answers = [f.result(timeout=900) for f in futures]
+            if r:
+                tasks += [(int(e.get("prompt_tokens") or 0), int(e.get("new_tokens") or 0), float(e["inference_s"]))
+                          for a in answers for layer in a.get("trace", []) for e in layer["answered"]
+                          if e.get("inference_s") is not None]
+    if not tasks or not all(p for p, _, _ in tasks):
+        raise InferenceError("the calibration's answers carry no token counts (agents older than the iteration "
+                             "model?): use --profile-basis task")
+    return tasks
+
+
+def fit_token_model(mesh, s: ExperimentSettings) -> dict:
+    """ExperimentSettings keywords (`cores`, `step_stretch`) that make the iteration model take, on these agents,
+    what one task at every agent at once and max_batch at every agent at once took (token_calibration.py)."""
+    from ..engine.batch_profile import TokenCosts
+    from .token_calibration import effective_cores, step_stretch
+
+    costs = TokenCosts.read(s.batch_profile)
+    cores = effective_cores(costs, loaded_tasks(mesh, s, 1), s.agents, s.threads)
+    stretch = 1.0
+    if s.max_batch > 1:
+        stretch = step_stretch(costs, loaded_tasks(mesh, s, s.max_batch), s.agents, s.max_batch, cores, s.threads)
+    return {"cores": cores, "step_stretch": stretch}
 
 
 def batch_slowdown(mesh, s: ExperimentSettings, rounds: int = 2) -> float:

@@ -100,3 +100,70 @@ def test_token_costs_come_from_the_profile_file_or_a_clear_error(tmp_path):
     assert costs.step([62.0, 162.0]) == pytest.approx(0.015 + 5e-6 * 100)
     with pytest.raises(ConfigError, match="measured prompt and new tokens"):
         SimConfig(agents=2, layers=0, proposers=0, rate=0.1, alphas=(1.0,), costs=costs)
+
+
+def _profile_file(tmp_path):
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"step_s": {"1": 0.01, "2": 0.013, "3": 0.016, "4": 0.019}, "token_costs": {
+        "step_context": 60, "context_s": 0.0, "padding_s": 0.0, "prefill_fixed_s": 0.0,
+        "prefill_token_s": 0.002, "prefill_chunk": 64}}))
+    return path
+
+
+def test_plan_and_simulate_in_the_iteration_model_agree_on_where_the_mesh_stops_being_stable(tmp_path, capsys):
+    from edge_agent.cli import main
+
+    flags = ["-n", "4", "-M", "1", "-k", "2", "--alpha", "1", "--max-batch", "4", "--batch-profile",
+             str(_profile_file(tmp_path)), "--profile-basis", "tokens", "--tokens", "40,100", "--cores", "2"]
+    assert main(["plan", *flags, "--rate", "0.1", "--json"]) == 0
+    capacity = json.loads(capsys.readouterr().out)["token_capacity"]
+    # per prompt: 3 first-step tasks (40 + 99 decode steps of 4 rows) and one whose prompt carries 3 x 100 tokens
+    cpu = 3 * (40 * 0.002 + 99 * 0.019 / 4) + (340 * 0.002 + 99 * 0.019 / 4)
+    assert capacity["cpu_s_per_prompt"] == pytest.approx(cpu) and capacity["share"] == 0.5
+    assert capacity["max_rate"] == pytest.approx(0.5 / cpu)
+    assert main(["plan", *flags, "--rate", "0.1"]) == 0
+    assert "iteration model" in capsys.readouterr().out
+
+    trends = {}
+    for load in (0.6, 1.3):
+        assert main(["simulate", *flags, "--rate", str(load * capacity["max_rate"]), "--prompts", "4000",
+                     "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["profile_basis"] == "tokens" and out["predicted"]["token_capacity"] == capacity
+        trends[load] = out["queue_growth_per_s"]
+    assert abs(trends[0.6]) < 0.01 < trends[1.3]
+
+
+def test_the_iteration_model_says_what_it_is_missing(tmp_path, capsys):
+    from edge_agent.cli import main
+
+    base = ["simulate", "-n", "4", "-M", "1", "-k", "2", "--rate", "0.1", "--alpha", "1", "--profile-basis", "tokens"]
+    assert main(base + ["--tokens", "40,100"]) == 1
+    assert "needs --batch-profile" in capsys.readouterr().err
+    assert main(base + ["--batch-profile", str(_profile_file(tmp_path))]) == 1
+    assert "--tokens" in capsys.readouterr().err
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"step_s": {"1": 0.01}}))
+    assert main(base + ["--batch-profile", str(bare), "--tokens", "40,100"]) == 1
+    assert "token_costs" in capsys.readouterr().err
+
+
+def test_the_model_is_fitted_to_the_agents_from_two_loaded_scenarios():
+    from edge_agent.stability.token_calibration import (
+        effective_cores,
+        modelled_batch_seconds,
+        solo_seconds,
+        step_stretch,
+    )
+
+    costs = _costs(context_s=2e-6)
+    pairs = [(40, 60), (35, 100), (45, 30), (38, 128)]
+    # one task per agent at once took twice the model's solo time: each agent had half a core
+    one = [(p, d, 2 * solo_seconds(costs, p, d)) for p, d in pairs]
+    assert effective_cores(costs, one, agents=4, threads=1) == pytest.approx(2.0)
+    assert effective_cores(costs, [(p, d, 0.5 * s) for p, d, s in one], agents=4, threads=1) == 4.0  # at most all
+    # four at every agent at once, as a model whose batch costs 2.5x the profile's extra would take them
+    truth = modelled_batch_seconds(costs.stretched(2.5), [(p, d, 0.0) for p, d in pairs], 4, 4, 2.0, 1)
+    measured = [(p, d, truth) for p, d in pairs]
+    assert step_stretch(costs, measured, 4, 4, 2.0, 1) == pytest.approx(2.5, rel=1e-3)
+    assert costs.stretched(2.5).step([0.0] * 3) == pytest.approx(STEPS[0] * (1 + 2.5 * (STEPS[2] / STEPS[0] - 1)))
