@@ -6,6 +6,7 @@ every `heartbeat_s`; periodic samples give the time-average without bias. Latenc
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -205,24 +206,30 @@ def calibrated(s: ExperimentSettings, seconds: dict[str, list[float]], devices: 
     return replace(s, alphas=alphas, alpha_s=max(alphas))
 
 
-def loaded_tasks(mesh, s: ExperimentSettings, per_agent: int, rounds: int = 2) -> list[tuple[int, int, float]]:
-    """(prompt tokens, new tokens, seconds) of `per_agent` tasks sent to every agent at once (M = 0), `rounds`
-    times after one round of warm-up."""
-    tasks: list[tuple[int, int, float]] = []
+def loaded_tasks(mesh, s: ExperimentSettings, per_agent: int, rounds: int = 2) -> list[list[list[tuple]]]:
+    """`per_agent` tasks sent to every agent at once (M = 0), `rounds` times after one round of warm-up: per
+    round, per agent, (prompt tokens, new tokens, seconds) of each."""
+    out = []
     with mesh.client() as client:
         for r in range(rounds + 1):
-            futures = [client.submit(d, PROMPTS[(r + j) % len(PROMPTS)], layers=0, proposers=0,
-                                     max_new_tokens=s.max_new_tokens)
-                       for j in range(per_agent) for d in mesh.devices]
-            answers = [f.result(timeout=900) for f in futures]
-            if r:
-                tasks += [(int(e.get("prompt_tokens") or 0), int(e.get("new_tokens") or 0), float(e["inference_s"]))
-                          for a in answers for layer in a.get("trace", []) for e in layer["answered"]
-                          if e.get("inference_s") is not None]
+            sent = [(d, client.submit(d, PROMPTS[(r + j) % len(PROMPTS)], layers=0, proposers=0,
+                                      max_new_tokens=s.max_new_tokens))
+                    for j in range(per_agent) for d in mesh.devices]
+            answered = [(d, f.result(timeout=900)) for d, f in sent]
+            if not r:
+                continue  # warm-up
+            per_agent_tasks: dict[str, list[tuple]] = {d: [] for d in mesh.devices}
+            for d, answer in answered:
+                per_agent_tasks[d] += [(int(e.get("prompt_tokens") or 0), int(e.get("new_tokens") or 0),
+                                        float(e["inference_s"]))
+                                       for layer in answer.get("trace", []) for e in layer["answered"]
+                                       if e.get("inference_s") is not None]
+            out.append([per_agent_tasks[d] for d in mesh.devices])
+    tasks = [t for agents in out for mine in agents for t in mine]
     if not tasks or not all(p for p, _, _ in tasks):
         raise InferenceError("the calibration's answers carry no token counts (agents older than the iteration "
                              "model?): use --profile-basis task")
-    return tasks
+    return out
 
 
 def fit_token_model(mesh, s: ExperimentSettings) -> dict:
@@ -232,10 +239,16 @@ def fit_token_model(mesh, s: ExperimentSettings) -> dict:
     from .token_calibration import effective_cores, step_stretch
 
     costs = TokenCosts.read(s.batch_profile)
-    cores = effective_cores(costs, loaded_tasks(mesh, s, 1), s.agents, s.threads)
-    stretch = 1.0
+    one = loaded_tasks(mesh, s, 1)
+    cores = effective_cores(costs, one, s.threads)
+    stretch, full = 1.0, []
     if s.max_batch > 1:
-        stretch = step_stretch(costs, loaded_tasks(mesh, s, s.max_batch), s.agents, s.max_batch, cores, s.threads)
+        full = loaded_tasks(mesh, s, s.max_batch)
+        stretch = step_stretch(costs, full, s.max_batch, cores, s.threads)
+    s.out.mkdir(parents=True, exist_ok=True)
+    (s.out / "calibration.json").write_text(json.dumps({
+        "cores": cores, "step_stretch": stretch, "machine_cores": os.cpu_count(), "profile": s.batch_profile,
+        "one_per_agent": one, "max_batch_per_agent": full}))
     return {"cores": cores, "step_stretch": stretch}
 
 

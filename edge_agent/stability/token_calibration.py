@@ -1,63 +1,76 @@
 """Fit the iteration model to the live agents: how much CPU they really get, and how much a full batch costs there.
 
 The profile is one process alone on the machine. Live agents share its cores with each other (and with what
-the machine calls cores: vCPUs may share a physical core), sample with a temperature, stream and talk MQTT
-between steps. Two loaded scenarios measured on the agents themselves fix the two numbers the iteration model
-cannot know from the profile: one task at every agent at once gives the effective cores (the model's solo time
-of those very tasks over the time they took, times agents x threads), and `max_batch` tasks at every agent at
-once give the stretch of the batch's extra step cost, found by bisection so that the model, fed the same tasks
-all at once, takes as long as they did.
+the machine calls cores: vCPUs may share a physical core), sample with a temperature, talk MQTT between steps.
+Two loaded scenarios measured on the agents themselves fix the two numbers the iteration model cannot know from
+the profile: one task at every agent at once gives the effective cores, and `max_batch` tasks at every agent at
+once the stretch of the batch's extra step cost. Each is found by bisection so that the model, fed the very tasks
+of the scenario (their prompt and new tokens, on their agents, all at time 0), takes on average what they took;
+the model then also sees the tail of a round, when the agents that finished leave the others more CPU.
 """
 
 from __future__ import annotations
 
-import logging
+import heapq
+from collections.abc import Callable
 
 import numpy as np
 
 from ..engine.batch_profile import TokenCosts
-from .simulator import SimConfig, simulate
-
-log = logging.getLogger(__name__)
+from .iteration_server import IterationServer
 
 Task = tuple[int, int, float]  # prompt tokens, new tokens, seconds as measured
+Round = list[list[Task]]  # per agent, the tasks it was sent at once
 
 
-def solo_seconds(costs: TokenCosts, prompt_tokens: int, new_tokens: int) -> float:
-    """A task alone with a whole core, as the model prices it."""
-    return costs.prefill(prompt_tokens) + (max(1, new_tokens) - 1) * costs.step([prompt_tokens + new_tokens / 2])
+def modelled_seconds(costs: TokenCosts, rounds: list[Round], rows: int, cores: float | None, threads: int) -> float:
+    """Mean seconds per task in the iteration model when every round's tasks arrive at their agents at once."""
+    ends: list[float] = []
+    for agents in rounds:
+        heap: list = []
+        count = sum(len(tasks) for tasks in agents)
+        t_start, t_end = [0.0] * count, [0.0] * count
+        server = IterationServer(len(agents), costs, rows, heap, t_start, t_end, cores=cores, threads=threads)
+        task = 0
+        for a, tasks in enumerate(agents):
+            for prompt, new, _ in tasks:
+                server.admit(a, task, prompt, new, 0.0)
+                task += 1
+        while heap:
+            t, _, version, a = heapq.heappop(heap)
+            server.fire(a, t, version)
+        ends += t_end
+    return float(np.mean(ends))
 
 
-def effective_cores(costs: TokenCosts, tasks: list[Task], agents: int, threads: int) -> float:
-    """From tasks run one per agent, every agent at once: each got solo / measured of a core."""
-    share = float(np.mean([solo_seconds(costs, p, d) for p, d, _ in tasks]) / np.mean([s for _, _, s in tasks]))
-    return min(share, 1.0) * agents * threads
+def measured_seconds(rounds: list[Round]) -> float:
+    return float(np.mean([s for agents in rounds for tasks in agents for _, _, s in tasks]))
 
 
-def modelled_batch_seconds(costs: TokenCosts, tasks: list[Task], agents: int, rows: int, cores: float,
-                           threads: int) -> float:
-    """Mean seconds per task when every agent starts `rows` of these tasks at once, in the iteration model."""
-    pairs = [(p, d) for p, d, _ in tasks]
-    users = np.repeat(np.arange(agents), rows)
-    cfg = SimConfig(agents=agents, layers=0, proposers=0, rate=1.0, alphas=(1.0,), prompts=len(users), costs=costs,
-                    tokens_first=tuple(pairs), max_batch=rows, cores=cores, threads=threads, warmup=0.0)
-    run = simulate(cfg, arrivals=np.zeros(len(users)), users=users, window=(0.0, 1.0))
-    return float(np.mean(run.task_end - run.task_arrival))
-
-
-def step_stretch(costs: TokenCosts, tasks: list[Task], agents: int, rows: int, cores: float, threads: int,
-                 *, low: float = 0.25, high: float = 8.0) -> float:
-    """The stretch of slowdown(b) - 1 that makes the model's batch of `rows` take what the agents' did."""
-    measured = float(np.mean([s for _, _, s in tasks]))
-
-    def gap(x: float) -> float:
-        return modelled_batch_seconds(costs.stretched(x), tasks, agents, rows, cores, threads) - measured
-
-    if gap(low) >= 0:
-        return low
-    if gap(high) <= 0:
-        return high
+def _bisect(slower: Callable[[float], float], low: float, high: float, *, rising: bool) -> float:
+    """The x in [low, high] where slower(x) (model minus measured seconds, monotone) crosses 0, else the end."""
+    lo_gap, hi_gap = slower(low), slower(high)
+    if (lo_gap >= 0) == (hi_gap >= 0):
+        return low if abs(lo_gap) < abs(hi_gap) else high
     for _ in range(30):
         mid = (low + high) / 2
-        low, high = (mid, high) if gap(mid) < 0 else (low, mid)
+        if (slower(mid) < 0) == rising:
+            low = mid
+        else:
+            high = mid
     return (low + high) / 2
+
+
+def effective_cores(costs: TokenCosts, rounds: list[Round], threads: int) -> float:
+    """The cores that make one task per agent at once take what it did (fewer cores: slower, so falling)."""
+    measured = measured_seconds(rounds)
+    agents = len(rounds[0])
+    return _bisect(lambda c: modelled_seconds(costs, rounds, 1, c, threads) - measured, 0.05, agents * threads,
+                   rising=False)
+
+
+def step_stretch(costs: TokenCosts, rounds: list[Round], rows: int, cores: float, threads: int) -> float:
+    """The stretch of slowdown(b) - 1 that makes `rows` tasks per agent at once take what they did."""
+    measured = measured_seconds(rounds)
+    return _bisect(lambda x: modelled_seconds(costs.stretched(x), rounds, rows, cores, threads) - measured, 0.25, 8.0,
+                   rising=True)

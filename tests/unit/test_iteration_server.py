@@ -149,21 +149,20 @@ def test_the_iteration_model_says_what_it_is_missing(tmp_path, capsys):
 
 
 def test_the_model_is_fitted_to_the_agents_from_two_loaded_scenarios():
-    from edge_agent.stability.token_calibration import (
-        effective_cores,
-        modelled_batch_seconds,
-        solo_seconds,
-        step_stretch,
-    )
+    from edge_agent.stability.token_calibration import effective_cores, modelled_seconds, step_stretch
 
     costs = _costs(context_s=2e-6)
     pairs = [(40, 60), (35, 100), (45, 30), (38, 128)]
-    # one task per agent at once took twice the model's solo time: each agent had half a core
-    one = [(p, d, 2 * solo_seconds(costs, p, d)) for p, d in pairs]
-    assert effective_cores(costs, one, agents=4, threads=1) == pytest.approx(2.0)
-    assert effective_cores(costs, [(p, d, 0.5 * s) for p, d, s in one], agents=4, threads=1) == 4.0  # at most all
-    # four at every agent at once, as a model whose batch costs 2.5x the profile's extra would take them
-    truth = modelled_batch_seconds(costs.stretched(2.5), [(p, d, 0.0) for p, d in pairs], 4, 4, 2.0, 1)
-    measured = [(p, d, truth) for p, d in pairs]
-    assert step_stretch(costs, measured, 4, 4, 2.0, 1) == pytest.approx(2.5, rel=1e-3)
+
+    def measured(rows: int, cores: float, stretch: float) -> list:
+        """What agents of `cores` effective cores and a batch cost `stretch` x the profile's would measure."""
+        rounds = [[[(p, d, 0.0)] * rows for p, d in pairs]]  # agent i gets `rows` copies of pairs[i]
+        mean = modelled_seconds(costs.stretched(stretch), rounds, rows, cores, 1)
+        return [[[(p, d, mean)] * rows for p, d in pairs]]  # only the mean is fitted
+
+    # one task per agent at once, on agents that have 1.5 cores between them (the tail of the round included)
+    assert effective_cores(costs, measured(1, 1.5, 1.0), threads=1) == pytest.approx(1.5, rel=1e-3)
+    assert effective_cores(costs, measured(1, 4.0, 1.0), threads=1) == pytest.approx(4.0, rel=1e-3)  # all of it
+    # four at every agent at once, as agents whose batch costs 2.5x the profile's extra would take them
+    assert step_stretch(costs, measured(4, 1.5, 2.5), 4, 1.5, 1) == pytest.approx(2.5, rel=1e-3)
     assert costs.stretched(2.5).step([0.0] * 3) == pytest.approx(STEPS[0] * (1 + 2.5 * (STEPS[2] / STEPS[0] - 1)))
