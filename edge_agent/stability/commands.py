@@ -236,13 +236,12 @@ def plan_command(args: argparse.Namespace) -> int:
 
 
 def format_capacity(c: dict, rate: float, theorem1: float) -> str:
-    return "\n".join([
-        f"iteration model (prefill apart, a bound: every agent saturated with full batches, {c['share']:.2g} of a "
-        "core each)",
-        f"  CPU per prompt         {c['cpu_s_per_prompt']:.3g} s ({c['speedup']:.2f}x less than one task at a time)",
-        f"  largest stable rate    {c['max_rate']:.4g} prompts/s per user ({c['max_rate'] / theorem1:.2f}x Theorem 1)"
-        f", {'stable' if rate < c['max_rate'] else 'NOT stable'} at {rate:g}",
-    ])
+    head = (f"iteration model (prefill apart, a bound: every agent saturated with full batches, {c['share']:.2g} "
+            "of a core each)")
+    rate_line = (f"  largest stable rate    {c['max_rate']:.4g} prompts/s per user ({c['max_rate'] / theorem1:.2f}x "
+                 f"Theorem 1), {'stable' if rate < c['max_rate'] else 'NOT stable'} at {rate:g}")
+    cpu = f"  CPU per prompt         {c['cpu_s_per_prompt']:.3g} s ({c['speedup']:.2f}x less than one task at a time)"
+    return f"{head}\n{cpu}\n{rate_line}"
 
 
 def format_plan(p: Plan) -> str:
