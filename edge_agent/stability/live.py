@@ -239,7 +239,7 @@ def fit_token_model(mesh, s: ExperimentSettings) -> dict:
     from .token_calibration import effective_cores, step_stretch
 
     costs = TokenCosts.read(s.batch_profile)
-    one = loaded_tasks(mesh, s, 1)
+    one = loaded_tasks(mesh, s, 1, rounds=5)  # a few seconds a round; the queues past the bound hang on this figure
     cores = effective_cores(costs, one, s.threads)
     stretch, full = 1.0, []
     if s.max_batch > 1:
