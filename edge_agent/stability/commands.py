@@ -95,6 +95,11 @@ def _batching(args: argparse.Namespace):
 def _token_work(args: argparse.Namespace) -> dict:
     """SimConfig keywords of the iteration model from --profile-basis tokens, --tokens, --cores ({} without)."""
     if args.profile_basis != "tokens":
+        given = [flag for flag, value in (("--tokens", args.tokens), ("--synthesis-tokens", args.synthesis_tokens),
+                                          ("--cores", args.cores)) if value is not None]
+        if given:  # said but not used would be silently ignored: say so
+            raise ConfigError([(flag, getattr(args, flag[2:].replace("-", "_")),
+                                "only with --profile-basis tokens (the iteration model)") for flag in given])
         return {}
     from ..engine.batch_profile import TokenCosts
 

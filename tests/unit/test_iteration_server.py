@@ -146,6 +146,11 @@ def test_the_iteration_model_says_what_it_is_missing(tmp_path, capsys):
     bare.write_text(json.dumps({"step_s": {"1": 0.01}}))
     assert main(base + ["--batch-profile", str(bare), "--tokens", "40,100"]) == 1
     assert "token_costs" in capsys.readouterr().err
+    # the iteration model's own flags without it would be silently ignored: refused instead
+    plain = ["plan", "-n", "4", "-M", "1", "-k", "2", "--rate", "0.1", "--alpha", "1"]
+    assert main(plain + ["--tokens", "40,100", "--cores", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "--tokens" in err and "--cores" in err and "only with --profile-basis tokens" in err
 
 
 def test_the_model_is_fitted_to_the_agents_from_two_loaded_scenarios():
