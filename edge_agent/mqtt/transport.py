@@ -64,6 +64,10 @@ class PahoTransport:
         self._on_published = on_published or (lambda mid: None)
         self._manual_ack = manual_ack
         self._subscriptions: dict[str, int] = {}
+        # subscribe() runs on the caller's thread, the re-subscription on connect on paho's: one lock, so a topic
+        # added during a (re)connect is neither missed nor iterated over while it changes
+        self._subscribe_lock = threading.Lock()
+        self._started = False
         self._connected = threading.Event()
         self._refused: str | None = None
         self._closing = False
@@ -96,7 +100,12 @@ class PahoTransport:
 
     # -- lifecycle --
     def connect(self, timeout_s: float = 10.0) -> None:
-        """Connect and start paho's network thread; raise TransportError when refused or unreachable."""
+        """Connect and start paho's network thread; raise TransportError when refused or unreachable. A second
+        call (e.g. `with` on a client already connected) only waits for the connection: connecting paho again
+        would open a second session under the same client id while this one is in use."""
+        if self._started:
+            self._wait_connected(timeout_s)
+            return
         properties = None
         kwargs: dict = {}
         if self._v5:
@@ -112,8 +121,16 @@ class PahoTransport:
         except (OSError, ssl.SSLError) as exc:
             raise TransportError(f"cannot reach broker {self.settings.host}:{self.settings.port}: {exc}") from exc
         self._client.loop_start()
-        if not self._connected.wait(timeout_s):
+        self._started = True
+        try:
+            self._wait_connected(timeout_s)
+        except TransportError:
             self._client.loop_stop()
+            self._started = False
+            raise
+
+    def _wait_connected(self, timeout_s: float) -> None:
+        if not self._connected.wait(timeout_s):
             where = f"broker {self.settings.host}:{self.settings.port}"
             if self._refused:
                 raise TransportError(f"{where} refused us: {self._refused}", retryable=False)
@@ -131,9 +148,10 @@ class PahoTransport:
 
     # -- traffic --
     def subscribe(self, topic: str, qos: int = 1) -> None:
-        self._subscriptions[topic] = qos
-        if self._connected.is_set():
-            self._client.subscribe(topic, qos)
+        with self._subscribe_lock:
+            self._subscriptions[topic] = qos
+            if self._connected.is_set():
+                self._client.subscribe(topic, qos)
 
     def publish(
         self,
@@ -177,9 +195,10 @@ class PahoTransport:
             self._refused = str(reason_code)
             log.error("broker refused the connection: %s", reason_code)
             return
-        for topic, qos in self._subscriptions.items():
-            client.subscribe(topic, qos)
-        self._connected.set()
+        with self._subscribe_lock:
+            for topic, qos in self._subscriptions.items():
+                client.subscribe(topic, qos)
+            self._connected.set()
         log.info("connected to %s:%d", self.settings.host, self.settings.port)
         self._on_connection(True)
 

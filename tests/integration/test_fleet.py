@@ -186,7 +186,8 @@ def test_answers_down_the_tree_survive_a_60_s_outage(state):
     listener.terminate()
     out, _ = listener.communicate(timeout=10)
     seen = [json.loads(line)["request_id"] for line in out.splitlines() if line.startswith("{")]
-    assert sorted(seen) == sorted(ids), out[-2000:]
+    # answers of the previous test's cut may still wait in the same bridge session and arrive here too: count ours
+    assert sorted(rid for rid in seen if rid in ids) == sorted(ids), out[-2000:]
 
 
 def test_delay_slows_the_bridge_by_the_set_amount(state):
