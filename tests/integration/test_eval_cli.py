@@ -174,3 +174,29 @@ def test_select_keeps_one_candidate_verbatim_per_instruction(tiny_model_dir, tmp
         assert row["output"] in {f"first answer {i}", f"second, longer answer {i}"}
     picked = [json.loads(line)["picked"] for line in out.with_suffix(".stats.jsonl").read_text().splitlines()]
     assert len(picked) == 3 and set(picked) <= {0, 1}  # the third repeats the first: never judged
+
+
+def test_select_by_the_pointwise_ranker_keeps_its_ratings_and_refuses_a_mixed_resume(tiny_model_dir, tmp_path):
+    rows = [{"instruction": f"Question {i}?", "dataset": "d", "datasplit": "eval"} for i in range(2)]
+    for n, text in enumerate(["short", "a much longer second answer"]):
+        (tmp_path / f"s{n}.json").write_text(json.dumps([dict(r, output=f"{text} {i}", generator=f"s{n}")
+                                                         for i, r in enumerate(rows)]))
+    out = tmp_path / "best.json"
+    files = [tmp_path / "s0.json", tmp_path / "s1.json"]
+    result = edge_moa("judge", "--select", *files, "--out", out, "--ranker", "pointwise",
+                      "--judge", f"local:{tiny_model_dir}", "--threads", 1)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1])["method"] == "pointwise"
+    stats = [json.loads(line) for line in out.with_suffix(".stats.jsonl").read_text().splitlines()]
+    best = {r["instruction"]: r["output"] for r in json.loads(out.read_text())}
+    answers = [{r["instruction"]: r["output"] for r in json.loads(f.read_text())} for f in files]
+    assert len(stats) == len(best) == 2
+    for entry in stats:
+        assert entry["method"] == "pointwise" and len(entry["scores"]) == 2
+        assert all(1.0 <= x <= 9.0 for x in entry["scores"])
+        # the pick is the first of the highest ratings, and its answer is copied verbatim
+        assert entry["picked"] == entry["scores"].index(max(entry["scores"]))
+        assert best[entry["instruction"]] == answers[entry["picked"]][entry["instruction"]]
+    mixed = edge_moa("judge", "--select", *files, "--out", out, "--judge", f"local:{tiny_model_dir}",
+                     "--threads", 1)
+    assert mixed.returncode != 0 and "pointwise ranker" in mixed.stderr
