@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..ranking.select import RANKERS
 
 
 def register_judge(sub) -> None:
@@ -38,7 +39,7 @@ def register_judge(sub) -> None:
     judge.add_argument("--select", nargs="+", type=Path, metavar="OUTPUTS",
                        help="best-of-n instead: per instruction, a knockout of these files' answers by the judge")
     judge.add_argument("--out", type=Path, help="--select: where the selected outputs go")
-    judge.add_argument("--ranker", choices=("pairwise", "pointwise"), default="pairwise",
+    judge.add_argument("--ranker", choices=RANKERS, default="pairwise",
                        help="--select: a knockout of pairs in both orders (AlpacaEval's template), or each answer "
                             "rated 1-9 alone; the agent's `select_ranker`s")
     judge.set_defaults(func=cmd_judge)
@@ -98,13 +99,16 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
     if len(args.select) < 2 or not args.out:
         raise ConfigError([("--select", [str(p) for p in args.select], "needs two or more files and --out")])
+    missing = [str(p) for p in args.select if not p.is_file()]
+    if missing:
+        raise ConfigError([("--select", missing, "no such file (AlpacaEval-format outputs, e.g. from `eval`)")])
     scorer = open_scorer(args.judge, threads=args.threads, api_key_env=args.api_key_env, model=args.judge_model,
                          context_tokens=args.context, top_logprobs=args.top_logprobs)
     try:
         count = select_best(scorer, args.select, args.out, ranker=args.ranker,
                             max_output_chars=args.max_output_chars)
-    except ValueError as exc:
-        raise ConfigError([("--out", str(args.out), str(exc))]) from None
+    except ValueError as exc:  # a malformed candidate file, or --out holding another ranker's picks
+        raise ConfigError([("judge --select", [str(p) for p in args.select], str(exc))]) from None
     finally:
         scorer.close()
     print(json.dumps({"selected": count, "out": str(args.out), "ranker": scorer.name, "method": args.ranker}))
