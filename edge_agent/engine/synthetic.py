@@ -166,10 +166,12 @@ class SyntheticEngine:
 
 
 class _Row:
-    def __init__(self, tag, request, prompt_tokens, work_s, on_delta):
+    def __init__(self, tag, request, prompt_tokens, work_s, on_delta, echo: Generation):
         self.tag, self.request, self.prompt_tokens = tag, request, prompt_tokens
         self.left_s, self.work_s, self.on_delta = work_s, work_s, on_delta
         self.started = time.perf_counter()
+        self.echo = echo  # made once: a step only sleeps and counts
+        self.pieces = (re.findall(r"\S+\s*", echo.text) or [echo.text]) if on_delta is not None else []
         self.sent = 0  # pieces of the echo streamed
 
 
@@ -181,7 +183,7 @@ class SyntheticBatch:
         self._max_rows = rows
         self._rows: list[_Row] = []
         self._step_s = engine._service_s / STEPS
-        self._due: float | None = None  # when the step under way ends, by the schedule
+        self._late_s = 0.0  # how far past its schedule the last sleep woke; the next steps sleep that much less
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -208,7 +210,8 @@ class SyntheticBatch:
         if self.free_rows <= 0:
             raise ValueError("the batch is full")
         prompt_tokens = self._engine._check(request)
-        self._rows.append(_Row(tag, request, prompt_tokens, self._engine._service_time(), on_delta))
+        echo = self._engine._echo(request, prompt_tokens, 0.0)
+        self._rows.append(_Row(tag, request, prompt_tokens, self._engine._service_time(), on_delta, echo))
 
     def drop_all(self) -> list[object]:
         tags = [row.tag for row in self._rows]
@@ -220,23 +223,25 @@ class SyntheticBatch:
         if not self._rows:
             return []
         advance = min(self._step_s, min(row.left_s for row in self._rows))
-        # steps keep a schedule rather than sleeping each in turn, so sleep's overshoot does not add up
+        # a step that woke late (a busy machine's scheduler) is owed by the next ones, so the engine is busy for its
+        # service time per task on average, not that plus every wake-up's delay (at most one service time is owed)
+        step_s = advance * self._engine.profile.slowdown(len(self._rows))
         now = time.perf_counter()
-        base = self._due if self._due is not None and self._due > now - self._step_s else now
-        self._due = base + advance * self._engine.profile.slowdown(len(self._rows))
-        time.sleep(max(0.0, self._due - now))
+        target = now + step_s - self._late_s
+        time.sleep(max(0.0, target - now))
+        self._late_s = min(max(0.0, time.perf_counter() - target), self._engine._service_s)
         finished, live = [], []
         for row in self._rows:
             row.left_s -= advance
-            echo = self._engine._echo(row.request, row.prompt_tokens, 0.0)
             if row.on_delta is not None:
-                pieces = re.findall(r"\S+\s*", echo.text) or [echo.text]
+                pieces = row.pieces
                 due = len(pieces) if row.left_s <= 1e-12 else int(len(pieces) * (1 - row.left_s / row.work_s))
                 for piece in pieces[row.sent : due]:
                     row.on_delta(piece)
                 row.sent = max(row.sent, due)
             if row.left_s <= 1e-12:
                 seconds = time.perf_counter() - row.started
+                echo = row.echo
                 finished.append((row.tag, Generation(echo.text, row.prompt_tokens, echo.new_tokens, seconds)))
             else:
                 live.append(row)

@@ -59,15 +59,18 @@ def test_live_run_matches_the_simulator_and_agents_advertise_alpha(broker, tmp_p
     sim = predict(spec, prompts, steady_prompts=settings.sim_prompts)
     # utilisation 0.5 per agent; a 25 s run is short (and the busiest of four agents is biased up), so the
     # tolerances are wider than those of the documented 150-180 s runs (docs/stability.md: 1-9%)
-    report = (f"live util {stats.utilization:.3f} in system {stats.mean_in_system:.3f} latency "
+    report = (f"live alpha {stats.inference_mean_s:.4f} util {stats.utilization:.3f} in system {stats.mean_in_system:.3f} latency "
               f"{stats.latency_mean:.3f}; sim util {sim['utilization']:.3f} in system {sim['mean_in_system']:.3f} "
               f"latency {sim['latency']['mean']:.3f}")
+    # the synthetic engine serves its service time on a busy machine too: a late wake-up is made up by the next
+    # steps (32 per task), so the 4 agents' CPU does not stretch alpha (it had, to 1.3-1.6x, failing the checks below)
+    assert stats.inference_mean_s == pytest.approx(ALPHA, rel=0.1), report
     assert 0.4 < stats.utilization < 0.8, report
     assert stats.mean_in_system == pytest.approx(sim["mean_in_system"], rel=0.3), report
     assert stats.latency_mean == pytest.approx(sim["latency"]["mean"], rel=0.3), report
 
     assert sorted(alphas) == mesh.devices
-    assert all(a == pytest.approx(ALPHA, rel=0.2) for a in alphas.values())
+    assert all(a == pytest.approx(ALPHA, rel=0.2) for a in alphas.values()), alphas
     assert planned["alphas"] == [pytest.approx(ALPHA, rel=0.2)] * 4
     assert planned["stable"] is True
 
