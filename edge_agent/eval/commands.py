@@ -19,6 +19,9 @@ def register(sub) -> None:
                     help="`alpaca_eval` (its 805, downloaded once) or a JSON file of the same format")
     ev.add_argument("--limit", type=int, help="a stratified subset (by `dataset`) of this many instructions")
     ev.add_argument("--seed", type=int, default=0, help="seed of the subset (default 0)")
+    ev.add_argument("--exclude", type=Path, action="append", default=[], metavar="OUTPUTS.json",
+                    help="skip the instructions this outputs file answers, before --limit draws (repeatable): "
+                         "a replication on instructions disjoint from an earlier run's")
     ev.add_argument("--configs", default="0,0;1,2",
                     help="M,k[,temperature=T][,max_new_tokens=N][,aggregation=synthesize|select]"
                          "[,select_ranker=pointwise|pairwise][,reference_max_chars=C][,sample=I] separated by ';' "
@@ -45,10 +48,13 @@ def register(sub) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .grid import models_label, parse_configs
-    from .instructions import load_instructions, stratified_subset
+    from .instructions import excluding, load_instructions, stratified_subset
     from .session import run_eval
 
-    items = stratified_subset(load_instructions(args.instructions), args.limit, args.seed)
+    items = load_instructions(args.instructions)
+    if args.exclude:
+        items = excluding(items, args.exclude)
+    items = stratified_subset(items, args.limit, args.seed)
     models = [m.strip() for m in args.models.split(",")] if args.models else [args.model] * args.agents
     label = args.label or ("mesh" if args.broker else models_label([_model_name(m) for m in models]))
     configs = parse_configs(args.configs, label)

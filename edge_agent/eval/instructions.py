@@ -92,3 +92,20 @@ def stratified_subset(items: list[Instruction], limit: int | None, seed: int) ->
     rng = random.Random(seed)
     chosen = [item for name in sorted(groups) for item in rng.sample(groups[name], counts[name])]
     return sorted(chosen, key=lambda item: item.index)
+
+
+def excluding(items: list[Instruction], outputs_files: list[Path]) -> list[Instruction]:
+    """`items` without the instructions any of `outputs_files` (AlpacaEval format) answers: a replication on
+    instructions disjoint from an earlier run's, still drawn by `--limit/--seed` from what is left."""
+    from .outputs import read_outputs
+
+    seen: set[str] = set()
+    for path in outputs_files:
+        try:
+            seen.update(row["instruction"] for row in read_outputs(path))
+        except (OSError, ValueError) as exc:
+            raise ConfigError([("--exclude", str(path), str(exc))]) from None
+    left = [item for item in items if item.instruction not in seen]
+    if not left:
+        raise ConfigError([("--exclude", [str(p) for p in outputs_files], "leaves no instruction to ask")])
+    return left

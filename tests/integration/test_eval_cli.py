@@ -157,6 +157,24 @@ def test_eval_against_an_existing_mesh_by_its_broker(tiny_model_dir, instruction
     stats = [json.loads(line) for line in (tmp_path / "out" / "mesh_M1_k1.stats.jsonl").read_text().splitlines()]
     assert len(stats) == 4 and {s["device"] for s in stats} == {"agent1", "agent2"}  # round-robin
     assert all(s["inferences"] == 3 and "output_tokens" not in s for s in stats)
+    # a replication on the other instructions: --exclude the first run's outputs before --limit draws
+    with LocalMesh(1, engine={"model": str(tiny_model_dir), "threads": 1}, moa={"max_new_tokens": 4},
+                   topic_root=root, workdir=tmp_path / "mesh2") as mesh:
+        again = edge_moa("eval", "--instructions", instructions, "--limit", 4, "--configs", "0,0", "--out",
+                         tmp_path / "out2", "--broker", f"{mesh.broker.host}:{mesh.broker.port}", "--topic-root",
+                         root, "--device", "agent1", "--exclude", tmp_path / "out" / "mesh_M1_k1.json",
+                         "--max-new-tokens", 4)
+    assert again.returncode == 0, again.stderr[-3000:]
+    first = {r["instruction"] for r in json.loads((tmp_path / "out" / "mesh_M1_k1.json").read_text())}
+    second = {r["instruction"] for r in json.loads((tmp_path / "out2" / "mesh_M0_k0.json").read_text())}
+    assert len(second) == 4 and not first & second
+
+
+def test_eval_refuses_an_exclude_file_it_cannot_read(instructions, tmp_path):
+    result = edge_moa("eval", "--instructions", instructions, "--configs", "0,0", "--out", tmp_path / "out",
+                      "--exclude", tmp_path / "missing.json")
+    assert result.returncode == 1 and "--exclude" in result.stderr and "missing.json" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
 def test_select_keeps_one_candidate_verbatim_per_instruction(tiny_model_dir, tmp_path):

@@ -1,5 +1,6 @@
 """edge_agent.eval without I/O: configuration grid, stratified subsets, verdict statistics, judge prompt filling."""
 
+import json
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from edge_agent.errors import ConfigError
 from edge_agent.eval.grid import models_label, parse_configs
-from edge_agent.eval.instructions import Instruction, stratified_order, stratified_subset
+from edge_agent.eval.instructions import Instruction, excluding, stratified_order, stratified_subset
 from edge_agent.eval.judge_prompt import pair_messages
 from edge_agent.eval.progress import format_duration
 from edge_agent.eval.sanity import REFUSAL, sanity_pairs, sanity_summary
@@ -64,6 +65,24 @@ def test_stratified_subset_keeps_dataset_shares_and_is_repeatable():
     assert subset == stratified_subset(source, 100, seed=3)
     assert subset != stratified_subset(source, 100, seed=4)
     assert stratified_subset(source, None, 0) == source
+
+
+def test_excluding_drops_what_an_earlier_run_answered(tmp_path):
+    source = items({"selfinstruct": 30, "oasst": 20})
+    earlier = stratified_subset(source, 10, seed=0)
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps([{"instruction": i.instruction, "output": "x"} for i in earlier]))
+    left = excluding(source, [path])
+    assert len(left) == 40 and not {i.instruction for i in left} & {i.instruction for i in earlier}
+    fresh = stratified_subset(left, 10, seed=1)
+    assert {i.dataset for i in fresh} == {"selfinstruct", "oasst"} and not set(fresh) & set(earlier)
+    everything = tmp_path / "all.json"
+    everything.write_text(json.dumps([{"instruction": i.instruction, "output": "x"} for i in source]))
+    with pytest.raises(ConfigError, match="no instruction"):
+        excluding(source, [everything])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ConfigError, match="bad.json"):
+        excluding(source, [tmp_path / "bad.json"])
 
 
 def test_stratified_order_makes_every_prefix_close_to_stratified():
