@@ -145,8 +145,9 @@ def _pairs(args):
 
 
 def _costs(args, records: list[dict]) -> dict:
-    """Mean latency and board seconds per answer of A and B over the judged instructions, from the stats files
-    `edge-moa eval` keeps beside its outputs (absent for files from elsewhere)."""
+    """Mean latency, board seconds, inferences and agents' queue per answer of A and B over the judged
+    instructions, from the stats files `edge-moa eval` keeps beside its outputs (absent for files from elsewhere;
+    the queue only in files of an eval that watched it)."""
     from .outputs import read_stats
 
     out = {}
@@ -155,7 +156,7 @@ def _costs(args, records: list[dict]) -> dict:
         stats = read_stats(path)
         rows = [stats[r["instruction"]] for r in records if r["instruction"] in stats]
         if rows and len(rows) == len(records):
-            for key in ("latency_s", "board_s", "inferences"):
+            for key in ("latency_s", "board_s", "inferences", "queue_length"):
                 values = [row[key] for row in rows if isinstance(row.get(key), (int, float))]
                 if values:
                     out[f"mean_{key}_{side}"] = round(sum(values) / len(values), 3)

@@ -13,6 +13,7 @@ from .grid import EvalConfig
 from .instructions import Instruction, stratified_order
 from .outputs import OutputFile
 from .progress import Progress
+from .queue_watch import QueueWatch
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,10 @@ def answer_stats(answer: dict, count_tokens: Callable[[str], int] | None) -> dic
 
 def run_config(client: MoaClient, config: EvalConfig, items: list[Instruction], out: OutputFile, *,
                devices: list[str], parallel: int = 1, timeout_s: float = 900.0, max_new_tokens: int | None = None,
-               count_tokens: Callable[[str], int] | None = None, seed: int = 0) -> int:
+               count_tokens: Callable[[str], int] | None = None, seed: int = 0,
+               queue: QueueWatch | None = None) -> int:
     """Ask every instruction not yet in `out` (in `stratified_order`), at most `parallel` in flight, round-robin
-    over `devices`.
+    over `devices`; with `queue`, each answer's stats keep the agents' mean queue while it was in flight.
     Returns how many answers came back as errors (they are not written: a rerun asks them again)."""
     pending = stratified_order([i for i in items if not out.done(i)], [i for i in items if out.done(i)], seed)
     progress = Progress(out.generator, len(items), already=len(items) - len(pending))
@@ -66,7 +68,10 @@ def run_config(client: MoaClient, config: EvalConfig, items: list[Instruction], 
                 log.warning("instruction %d (%s): error %s: %s", item.index, out.generator,
                             answer["error"].get("code"), answer["error"].get("message"))
                 continue
-            out.add(item, answer["response"], answer_stats(answer, count_tokens))
+            stats = answer_stats(answer, count_tokens)
+            if queue is not None:
+                stats["queue_length"] = queue.mean_between(sent, time.monotonic())
+            out.add(item, answer["response"], stats)
             progress.step()
     finally:
         progress.close()

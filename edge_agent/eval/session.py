@@ -14,6 +14,7 @@ from ..mqtt.client import MoaClient
 from .grid import EvalConfig
 from .instructions import Instruction
 from .outputs import OutputFile
+from .queue_watch import QueueWatch
 from .runner import run_config
 
 log = logging.getLogger(__name__)
@@ -74,13 +75,19 @@ def run_eval(args: argparse.Namespace, items: list[Instruction], configs: list[E
 
 def _run_all(args, client, devices, items, configs, count_tokens) -> int:
     failed = 0
-    for n, config in enumerate(configs, 1):
-        out = OutputFile(args.out, config.generator)
-        print(f"[{n}/{len(configs)}] {config.generator}: {len(out)}/{len(items)} already done -> {out.path}",
-              file=sys.stderr, flush=True)
-        failed += run_config(client, config, items, out, devices=devices, parallel=args.parallel,
-                             timeout_s=args.timeout, max_new_tokens=args.max_new_tokens, count_tokens=count_tokens,
-                             seed=args.seed)
+    client.watch_status()
+    queue = QueueWatch(client.statuses)
+    queue.start()
+    try:
+        for n, config in enumerate(configs, 1):
+            out = OutputFile(args.out, config.generator)
+            print(f"[{n}/{len(configs)}] {config.generator}: {len(out)}/{len(items)} already done -> {out.path}",
+                  file=sys.stderr, flush=True)
+            failed += run_config(client, config, items, out, devices=devices, parallel=args.parallel,
+                                 timeout_s=args.timeout, max_new_tokens=args.max_new_tokens,
+                                 count_tokens=count_tokens, seed=args.seed, queue=queue)
+    finally:
+        queue.stop()
     if failed:
         print(f"{failed} answer(s) came back as errors (see the warnings); run again to retry them", file=sys.stderr)
     return 1 if failed else 0

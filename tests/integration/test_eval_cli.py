@@ -45,6 +45,7 @@ def test_eval_writes_alpaca_eval_outputs_per_configuration_and_resumes(tiny_mode
     stats = [json.loads(line) for line in (out / "tiny-random_M1_k2.stats.jsonl").read_text().splitlines()]
     assert [s["inferences"] for s in stats] == [4] * 5  # (k+1)*M + 1
     assert all(s["latency_s"] > 0 and s["board_s"] > 0 and s["output_tokens"] >= 1 for s in stats)
+    assert all(0 <= s["queue_length"] <= 3 * 4 for s in stats)  # the agents' mean queue while it was asked
     m0_stats = (out / "tiny-random_M0_k0.stats.jsonl").read_text().splitlines()
     assert [json.loads(line)["inferences"] for line in m0_stats] == [1] * 5
 
@@ -62,6 +63,7 @@ def test_eval_writes_alpaca_eval_outputs_per_configuration_and_resumes(tiny_mode
     summary = json.loads(judged.stdout)  # the costs of both sides come from the stats files beside them
     assert summary["n"] == 3 and summary["mean_inferences_a"] == 4 and summary["mean_inferences_b"] == 1
     assert summary["mean_board_s_a"] > 0 and summary["mean_latency_s_b"] > 0
+    assert summary["mean_queue_length_a"] >= 0 and summary["mean_queue_length_b"] >= 0
 
 
 def test_ctrl_c_keeps_finished_outputs(tiny_model_dir, tmp_path):

@@ -170,3 +170,27 @@ def test_stats_of_a_select_answer_keep_the_pick():
          "answered": [{"device": "a", "inference_s": 0.5}]}]}
     stats = answer_stats(answer, None)
     assert stats["select"] == {"ranker": "pointwise", "picked": 0, "scores": [5.5]} and stats["board_s"] == 1.5
+
+
+def test_queue_watch_holds_each_sample_until_the_next():
+    from edge_agent.eval.queue_watch import QueueWatch
+    from edge_agent.wire.messages import Status
+
+    now = [0.0]
+    statuses = {"a": Status(device="a", online=True, queue_length=0), "b": Status(device="b", online=True,
+                                                                                    queue_length=2)}
+    watch = QueueWatch(lambda: statuses, clock=lambda: now[0])
+    assert watch.mean_between(0, 1) is None  # nothing sampled yet
+    watch.sample()  # t=0: mean 1
+    now[0] = 1.0
+    statuses = {"a": Status(device="a", online=True, queue_length=4), "b": Status(device="b", online=True,
+                                                                                    queue_length=4)}
+    watch.sample()  # t=1: mean 4
+    now[0] = 3.0
+    statuses = {"a": Status(device="a", online=True, queue_length=0), "b": Status(device="b", online=False,
+                                                                                    queue_length=9)}
+    watch.sample()  # t=3: mean 0, the offline agent left out
+    assert watch.mean_between(0.5, 2.0) == pytest.approx((0.5 * 1 + 1.0 * 4) / 1.5)  # 1 held from t=0.5
+    assert watch.mean_between(0.0, 3.0) == pytest.approx((1 * 1 + 2 * 4) / 3)
+    assert watch.mean_between(1.2, 1.3) == 4  # shorter than a sampling period: the value held then
+    assert watch.mean_between(5.0, 6.0) == 0
