@@ -103,6 +103,9 @@ def excluding(items: list[Instruction], outputs_files: list[Path]) -> list[Instr
     for path in outputs_files:
         try:
             seen.update(row["instruction"] for row in read_outputs(path))
+        except FileNotFoundError:
+            raise ConfigError([("--exclude", str(path), "no such file (an earlier run's OUT/<generator>.json)")]) \
+                from None
         except (OSError, ValueError) as exc:
             raise ConfigError([("--exclude", str(path), str(exc))]) from None
     left = [item for item in items if item.instruction not in seen]

@@ -176,6 +176,7 @@ def test_eval_refuses_an_exclude_file_it_cannot_read(instructions, tmp_path):
     result = edge_moa("eval", "--instructions", instructions, "--configs", "0,0", "--out", tmp_path / "out",
                       "--exclude", tmp_path / "missing.json")
     assert result.returncode == 1 and "--exclude" in result.stderr and "missing.json" in result.stderr
+    assert "no such file" in result.stderr and "Errno" not in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
