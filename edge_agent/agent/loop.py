@@ -385,7 +385,7 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
             cost = lambda device: self.peers.expected_wait_s(device, self.alpha_s or 1.0)
         run = MoaRun(request=request, self_id=self.device, system_prompt=moa.system_prompt,
                      timeouts=self._timeouts, peer_cost=cost, peer_candidates=max(moa.peer_candidates, 1),
-                     local_eta=self._local_eta_s, local_healthy=self._healthy, **progress)
+                     local_eta=self._eta_s, local_healthy=self._healthy, **progress)
         run.request_deadline = time.monotonic() + remaining_s
         return run
 
@@ -410,11 +410,10 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
             self.journal.prune()
 
     def _eta_s(self) -> float:
-        """What we tell a peer: when a task it sends now would be done."""
-        return (len(self.admission.ledger) + 1) * (self.alpha_s or 1.0)
-
-    def _local_eta_s(self) -> float:
-        """Our own slot's estimate; before the first inference only the hang timeout bounds it."""
+        """When a task sent now would be done: what we tell a peer, and our own slot's estimate. Before the first
+        inference we do not know our speed and only the hang timeout bounds it (a guess of 1 s made every cold
+        board's first long answer miss the requester's deadline); a peer that dies meanwhile is noticed by its
+        will or its missing heartbeats, not by this deadline."""
         return (len(self.admission.ledger) + 1) * (self.alpha_s or self.config.engine.hang_timeout_s)
 
     def status(self) -> Status:

@@ -241,6 +241,13 @@ class MoaRun:
                 code="timeout", message=f"no answer within {self.timeouts.request_s:.0f}s (layer {self.layer})"))
         actions: list[Action] = []
         for slot in list(self.slots):
+            if (slot.state in ("waiting_ack", "running") and slot.device != self.self_id
+                    and slot.device not in alive):
+                # not heard from for the peer timeout (a cut link, a frozen board: no will comes), or saying its
+                # engine hangs: move on now instead of at its deadline, which a cold or slow peer makes long
+                self.dropped.append(TraceEntry(device=slot.device, outcome="unreachable"))
+                actions += self._move_or_fail(slot, alive, rng, now)
+                continue
             if slot.state in ("waiting_ack", "running") and slot.deadline is not None and now >= slot.deadline:
                 if slot.device == self.self_id and self.local_healthy is not None and self.local_healthy():
                     slot.deadline = now + self._local_deadline_s()

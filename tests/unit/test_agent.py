@@ -349,3 +349,23 @@ def test_stop_while_the_broker_is_unreachable_ends_the_agent(tmp_path):
         assert agent.worker._closed and Unreachable.attempts >= 2
 
     run(scenario())
+
+
+def test_a_cold_peers_first_long_task_is_waited_for(tmp_path):
+    """Before its first inference an agent does not know its speed: the deadline it gives a requester must not
+    be a guess of 1 s a task (queue 2 x 1 s x 1.5 + 0.2 s of grace: a 3.5 s first answer was dropped)."""
+    async def scenario():
+        broker = MemoryBroker()
+        agents = [make_agent(broker, d, tmp_path, engine={"synthetic_service_s": 3.5}, moa={"task_grace_s": 0.2})
+                  for d in ("a", "b")]
+        await started(*agents)
+        user = User(broker)
+        topic = user.ask("a", "cold", proposers=1)
+        await wait_for(lambda: user.finals(topic), timeout_s=30, what="answer")
+        answer = user.finals(topic)[0]
+        assert "error" not in answer, answer
+        layer1 = answer["trace"][0]
+        assert sorted(e["device"] for e in layer1["answered"]) == ["a", "b"] and layer1["dropped"] == []
+        await stopped(*agents)
+
+    run(scenario())

@@ -366,3 +366,16 @@ def test_capped_references_in_layer_two_and_the_aggregation_prompt():
             assert system.count(ELLIPSIS) == 2 and long not in system
             assert all(len(part.split(": ", 1)[1]) <= 30 for part in system.split("\n\nResponse-")[1:])
     assert finish.response == long  # the answer itself is never cut
+
+
+def test_a_slot_on_a_peer_that_stops_being_alive_moves_before_its_deadline():
+    run = make_run(1, 1, grace_s=2.0, eta_factor=1.5)
+    rng = random.Random(0)
+    sent = next(a for a in run.start(["b", "c"], rng, now=0.0) if isinstance(a, SendTask))
+    run.on_ack(sent.device, sent.task.task_id, True, None, 300.0, ["b", "c"], rng, now=1.0)  # a long estimate
+    assert run.on_tick(["b", "c"], rng, now=20.0) == []  # still heard from: it keeps its deadline (452 s)
+    spare = "c" if sent.device == "b" else "b"
+    moved = run.on_tick([spare], rng, now=21.0)  # no heartbeat for the peer timeout (a cut link, no will)
+    assert isinstance(moved[0], SendTask) and moved[0].device == spare
+    assert [(e.device, e.outcome) for e in run.dropped] == [(sent.device, "unreachable")]
+    assert run.on_result(sent.device, sent.task.task_id, "late", None, 9.0, [spare], rng, now=22.0) == []
