@@ -7,7 +7,11 @@ multi-token decode (DESIGN.md sec. 8): the extra buffer types are turned off bef
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,38 @@ from .scorer import log_softmax_at
 log = logging.getLogger(__name__)
 
 
+REBUILD = ("CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512={avx512} -DGGML_AMX_TILE=OFF "
+           "-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF\" pip install --force-reinstall --no-deps --no-cache-dir "
+           "llama-cpp-python")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@functools.cache
+def check_llama_cpp_runs_here() -> None:
+    """Import llama-cpp-python in a child first: a build made for another CPU (AVX-512 flags on a CPU without
+    them, a -march=native wheel copied between machines) dies of SIGILL in its backend init, which would kill the judge
+    with no word; here it becomes an error that says what to rebuild with."""
+    probe = subprocess.run([sys.executable, "-c", "import llama_cpp; llama_cpp.llama_backend_init()"],
+                           capture_output=True, timeout=120, check=False)
+    if probe.returncode == -signal.SIGILL:
+        avx512 = "ON" if "avx512f" in cpu_flags() else "OFF"
+        message = ("llama-cpp-python was built for instructions this CPU lacks (illegal instruction in its backend init; "
+                   f"this CPU has {'' if avx512 == 'ON' else 'no '}AVX-512): rebuild it, e.g. "
+                   + REBUILD.format(avx512=avx512))
+        raise ConfigError([("--judge", "local", message)])
+
+
 def import_llama_cpp():
+    check_llama_cpp_runs_here()
     try:
         import llama_cpp
     except ImportError:
