@@ -14,6 +14,7 @@ FORMAT_VERSION = 1
 EMBEDDING_FILES = ("embeddings.q8.npy", "embeddings.scales.npy")
 BLOCK_OFFSETS_FILE = "block_offsets.npz"  # engine/block_offsets.py
 REFERENCE_LOGITS_FILE = "reference_logits.npz"  # artifact/reference.py
+KERNEL_PROBE_FILES = ("kernel_probe.onnx", "kernel_probe.npz")  # engine/kernel_probe.py
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1}
 
 
@@ -67,6 +68,9 @@ class Manifest:
     onnxruntime: str = ""
     cpu_features: tuple[str, ...] = ()
     reference_logits: str = ""
+    # with block_offsets: one patched MatMulNBits node and its weights, run for one row and for several before the
+    # model loads (engine/kernel_probe.py); empty in builds made before the probe
+    kernel_probe: tuple[str, ...] = ()
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -78,6 +82,7 @@ class Manifest:
         data["stop_strings"] = list(self.stop_strings)
         data["embeddings"] = list(self.embeddings)
         data["cpu_features"] = list(self.cpu_features)
+        data["kernel_probe"] = list(self.kernel_probe)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -90,6 +95,7 @@ class Manifest:
         data["stop_strings"] = tuple(data.get("stop_strings", ()))
         data["embeddings"] = tuple(data.get("embeddings", ()))
         data["cpu_features"] = tuple(data.get("cpu_features", ()))
+        data["kernel_probe"] = tuple(data.get("kernel_probe", ()))
         return cls(**data)
 
 

@@ -14,7 +14,9 @@ The layout is MLAS's: `ComputePackBlkSum` in onnxruntime/core/mlas/lib/sqnbitgem
 x86 AVX2/AVX-512 SQNBitGemm CompInt8 dispatch; read at commit 03195803bd45) writes `-QuantBScale * zp` of block
 k_blk of column n at `((n / 16) * BlockCountK + k_blk) * 16 + n % 16` ("BlockSum is a width 16 row major
 matrix"), in a buffer of `MlasDivRoundup(N, 16) * BlockCountK * 16` floats allocated with the packed weights
-(`SQ4BitGemmPackQuantBDataSize`). Other dispatches (ARM NEON, another version) may lay it out otherwise.
+(`SQ4BitGemmPackQuantBDataSize`). Other dispatches (ARM NEON, another version) may lay it out otherwise, and
+one kernel need not read it: on x86 without AVX-512 the one-row (decode) kernel applies the integer zero points
+itself, which the build's kernel probe finds (kernel_probe.py): such machines get the portable build.
 
 What makes the write safe to rely on (issue 13): each weight's whole BlkSum array (not just a key word) must be
 found exactly once among the arrays that appeared while the session loaded, no two weights at one address,

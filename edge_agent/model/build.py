@@ -21,6 +21,7 @@ from ..artifact.chat_template import CHATML_TEMPLATE, COMPLETION_TEMPLATE
 from ..artifact.manifest import (
     BLOCK_OFFSETS_FILE,
     EMBEDDING_FILES,
+    KERNEL_PROBE_FILES,
     REFERENCE_LOGITS_FILE,
     KvGeometry,
     Manifest,
@@ -42,7 +43,9 @@ log = logging.getLogger(__name__)
 #    logits on a fixed text, which the engine checks after writing the minimums (issue 13).
 # 5: Q4_K blocks exact in 4-bit MatMulNBits (float32 block constants), Q5_0/Q8_0/Q6_K weights exact in 8-bit ones,
 #    a Q5_0 token table outside the graph, llama.cpp's Q/K row permutation undone for llama only (Qwen2, Gemma 3).
-PIPELINE = 5
+# 6: a tuned build carries a kernel probe, run for one row and for several; where the one-row kernel ignores the
+#    minimums (x86 without AVX-512) the build is portable.
+PIPELINE = 6
 
 # Kept beside the graph: what the engine needs, plus genai_config.json so onnxruntime-genai can run it too
 # (dropped when the token table leaves the graph).
@@ -57,6 +60,7 @@ _KEEP = (
     *EMBEDDING_FILES,
     BLOCK_OFFSETS_FILE,
     REFERENCE_LOGITS_FILE,
+    *KERNEL_PROBE_FILES,
 )
 
 
@@ -243,7 +247,9 @@ def _check_tuned(tuned: Path, portable: Path, decoder: dict, vocab: int) -> None
     from ..engine.block_offsets import BlockMinimumsPatch
     from ..engine.embeddings import MappedEmbeddings
     from ..engine.fast_path import KL_LIMIT, prefix_logits
+    from ..engine.kernel_probe import check_kernel
     from ..engine.session import Graph, create_session
+    from .kernel_probe import write_kernel_probe
 
     layers, kv_heads, head_dim = (
         decoder["num_hidden_layers"],
@@ -265,6 +271,7 @@ def _check_tuned(tuned: Path, portable: Path, decoder: dict, vocab: int) -> None
             Graph(session, layers, table.rows if table else None), kv_heads, head_dim, ids, lengths
         )
 
+    check_kernel(tuned, write_kernel_probe(tuned))  # the one-row kernel may ignore the patch (x86 AVX2)
     ids = ReferenceLogits.fixed_ids(vocab)
     lengths = np.asarray([8, 16, 24, len(ids)], dtype=np.int64)
     reference = ReferenceLogits(ids, lengths, logits(portable, ids, lengths, patch=False))
@@ -356,6 +363,7 @@ def _manifest(
         reference_logits=REFERENCE_LOGITS_FILE
         if tuned and (model_dir / REFERENCE_LOGITS_FILE).is_file()
         else "",
+        kernel_probe=KERNEL_PROBE_FILES if tuned and (model_dir / KERNEL_PROBE_FILES[0]).is_file() else (),
         onnxruntime=ort_version() if tuned else "",
         cpu_features=cpu_features() if tuned else (),
     )

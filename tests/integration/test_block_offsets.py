@@ -9,6 +9,7 @@ import pytest
 
 from edge_agent.artifact.block_offsets import write_block_offsets
 from edge_agent.engine.block_offsets import BlockMinimumsPatch
+from edge_agent.engine.kernel_probe import int8_rounding_bound
 from edge_agent.engine.process_memory import release_file_pages
 from edge_agent.errors import IncompatibleModelError
 from edge_agent.model.gguf_exact import pack_for_matmul_nbits, pack_zero_points
@@ -36,13 +37,6 @@ def _session(q, d, z, n: int, k: int) -> ort.InferenceSession:
     return matmul_nbits_session(k, n, initializers, accuracy_level=4)
 
 
-def _int8_rounding_bound(x: np.ndarray, dense: np.ndarray, n: int) -> np.ndarray:
-    """What the exact product may still miss: the kernel's int8 rounding of x (half a step of max|x|/127 per
-    block of 32)."""
-    step = np.abs(x.reshape(1, 3, -1, 32)).max(-1) / 127 / 2
-    return (step[..., None, :] * np.abs(dense.reshape(n, -1, 32)).sum(-1)).sum(-1) + 1e-4
-
-
 @pytest.mark.parametrize("n", [48, 40])  # 40: the kernel pads rows to groups of 16
 def test_patched_kernel_computes_q4_1_exactly(tmp_path: Path, n: int):
     rng = np.random.default_rng(n)
@@ -59,7 +53,7 @@ def test_patched_kernel_computes_q4_1_exactly(tmp_path: Path, n: int):
     (patched,) = session.run(None, {"x": x})
     (rounded,) = unpatched.run(None, {"x": x})
 
-    bound = _int8_rounding_bound(x, dense, n)
+    bound = int8_rounding_bound(x, dense)
     assert np.all(np.abs(patched - exact) <= bound)
     assert np.abs(patched - exact).max() < np.abs(rounded - exact).max() / 10  # the integer zero points alone
 
@@ -89,7 +83,7 @@ def test_patched_kernel_computes_q4_k_exactly(tmp_path: Path):
     assert patch.apply() == 1
     (patched,) = session.run(None, {"x": x})
 
-    bound = _int8_rounding_bound(x, dense, n)
+    bound = int8_rounding_bound(x, dense)
     assert np.all(np.abs(patched - exact) <= bound)
 
 

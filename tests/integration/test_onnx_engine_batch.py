@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.artifact.reference import mean_kl
 from edge_agent.engine.base import ChatMessage, Generation, GenerationRequest
+from edge_agent.engine.kv_cache import RowKvCache
 from edge_agent.engine.onnx import OnnxEngine
 from edge_agent.errors import InferenceError, TooLargeError
 
@@ -104,13 +106,41 @@ def test_max_batch_is_checked(tiny_model_dir: Path):
 
 
 @pytest.mark.slow
-def test_default_model_greedy_batch_equals_solo(default_model_dir: Path):
+def test_default_model_rows_decode_in_a_batch_as_they_do_alone(default_model_dir: Path):
+    """Each row of one batched decode step against the same prompt decoded alone: the same distribution to the
+    kernels' rounding (onnxruntime's 4-bit kernels for one row and for several round the int8 activations
+    differently on some CPUs, e.g. x86 AVX2: KL up to 0.009 measured), where a row reading another's cache,
+    mask or positions would be far off."""
+    engine = OnnxEngine(default_model_dir, threads=2)
+    prompts = [list(engine.encode(q)) for q in QUESTIONS if len(engine.encode(q)) > 1]
+    kv, graph = engine.manifest.kv, engine._graph
+    batch = RowKvCache(graph, kv.num_kv_heads, kv.head_dim, len(prompts))
+    batch.reserve(64, [0] * len(prompts))
+    for row, ids in enumerate(prompts):
+        batch.prefill(row, ids[:-1], 0)
+    together = batch.decode([ids[-1] for ids in prompts], [len(ids) - 1 for ids in prompts]).copy()
+    for row, ids in enumerate(prompts):
+        solo = RowKvCache(graph, kv.num_kv_heads, kv.head_dim, 1)
+        solo.reserve(64, [0])
+        solo.prefill(0, ids[:-1], 0)
+        alone = solo.decode([ids[-1]], [len(ids) - 1])[0]
+        assert mean_kl(alone[None], together[row][None]) < 0.05
+        assert alone.argmax() == together[row].argmax()
+
+
+@pytest.mark.slow
+def test_default_model_greedy_batch_answers_as_solo(default_model_dir: Path):
+    """Greedy answers in a batch begin as they do alone and keep their own budgets and EOS (where the kernels
+    round one row as they round several, e.g. AVX-512, they came out equal to the end; elsewhere a near-tie may
+    part them later)."""
     engine = OnnxEngine(default_model_dir, threads=2)
     requests = [greedy(q, n) for q, n in zip(QUESTIONS, (48, 16, 48, 32))]
     results = engine.generate_batch(requests)
     solos = [engine.generate(r) for r in requests]
     for result, solo in zip(results, solos):
-        assert_same(result, solo)
+        assert isinstance(result, Generation), result
+        assert result.prompt_tokens == solo.prompt_tokens
+        assert result.text.split()[:3] == solo.text.split()[:3]
     assert results[1].new_tokens == 16  # cut by its budget while the others went on
     assert results[2].new_tokens < 48  # "hello" gets a short answer: this row stopped at its own EOS
     assert all(r.text.strip() for r in results)
