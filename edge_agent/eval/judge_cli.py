@@ -42,6 +42,9 @@ def register_judge(sub) -> None:
     judge.add_argument("--ranker", choices=RANKERS, default="pairwise",
                        help="--select: a knockout of pairs in both orders (AlpacaEval's template), or each answer "
                             "rated 1-9 alone; the agent's `select_ranker`s")
+    judge.add_argument("--compare", nargs=2, type=Path, metavar="VERDICTS",
+                       help="judge nothing: two verdict files against one baseline, paired on their common "
+                            "instructions (first - second, bootstrap CI)")
     judge.set_defaults(func=cmd_judge)
 
 
@@ -54,6 +57,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     if args.select:
         return _cmd_select(args)
+    if args.compare:
+        return _cmd_compare(args)
     if not args.sanity and (args.a is None or not args.against):
         raise ConfigError([("judge", None, "give OUTPUTS.json --against B.json|reference, or --sanity")])
     if args.sanity:
@@ -89,6 +94,30 @@ def cmd_judge(args: argparse.Namespace) -> int:
             "no pairs judged")
     if not args.json:
         print(text)
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .summary import paired_difference
+    from .verdicts import read_verdicts
+
+    missing = [str(p) for p in args.compare if not p.is_file()]
+    if missing:
+        raise ConfigError([("--compare", missing, "no such file (a verdicts JSONL of `edge-moa judge`)")])
+    first, second = (read_verdicts(path) for path in args.compare)
+    try:
+        paired = paired_difference(first, second, seed=args.seed)
+    except ValueError as exc:
+        raise ConfigError([("--compare", [str(p) for p in args.compare], str(exc))]) from None
+    summary = {"first": str(args.compare[0]), "second": str(args.compare[1]), **paired}
+    if summary["n"] == 0:
+        raise ConfigError([("--compare", [str(p) for p in args.compare], "no instruction judged in both")])
+    if not args.json:
+        print(f"{args.compare[0].name} - {args.compare[1].name}: {summary['difference']:+.1%} "
+              f"[{summary['ci_low']:+.1%}, {summary['ci_high']:+.1%}] on n={summary['n']} common instructions "
+              f"({summary['win_rate_first']:.1%} vs {summary['win_rate_second']:.1%}; same verdict on "
+              f"{summary['same_verdict']:.0%})")
     print(json.dumps(summary))
     return 0
 

@@ -33,6 +33,36 @@ def summarize(records: list[dict], *, seed: int = 0, resamples: int = 2000) -> d
     }
 
 
+def paired_difference(first: list[dict], second: list[dict], *, seed: int = 0, resamples: int = 2000) -> dict:
+    """Two configurations' verdicts against one baseline, on the instructions both have: each one's win rate
+    there and their difference (first - second) with a paired bootstrap 95% CI (one resample of instructions
+    for both, so what an instruction's baseline answer does to both cancels)."""
+    by_instruction = {r["instruction"]: r for r in second}
+    both = [(r, by_instruction[r["instruction"]]) for r in first if r["instruction"] in by_instruction]
+    other = sum(a["len_b"] != b["len_b"] for a, b in both)
+    if other:
+        raise ValueError(f"{other} of {len(both)} common instructions have another baseline answer in each file: "
+                         "compare verdicts against one baseline")
+    common = [(float(a["verdict"]), float(b["verdict"])) for a, b in both]
+    n = len(common)
+    if n == 0:
+        return {"n": 0, "win_rate_first": None, "win_rate_second": None, "difference": None,
+                "ci_low": None, "ci_high": None}
+    pairs = np.array(common)
+    rng = np.random.default_rng(seed)
+    boot = pairs[rng.integers(0, n, size=(resamples, n))]
+    differences = boot[..., 0].mean(axis=1) - boot[..., 1].mean(axis=1)
+    return {
+        "n": n,
+        "win_rate_first": round(float(pairs[:, 0].mean()), 4),
+        "win_rate_second": round(float(pairs[:, 1].mean()), 4),
+        "difference": round(float(pairs[:, 0].mean() - pairs[:, 1].mean()), 4),
+        "ci_low": round(float(np.percentile(differences, 2.5)), 4),
+        "ci_high": round(float(np.percentile(differences, 97.5)), 4),
+        "same_verdict": round(float(np.mean(pairs[:, 0] == pairs[:, 1])), 4),
+    }
+
+
 def length_controlled_win_rate(preference: np.ndarray, len_a: np.ndarray, len_b: np.ndarray) -> float | None:
     """AlpacaEval's length-controlled win rate in its minimal form (`length_controlled_minimal`: no instruction
     difficulty, no regularisation to its GPT-4 baselines, which are not in the sdist): a logistic regression of the

@@ -54,19 +54,27 @@ def judge_pair(scorer: Scorer, pair: Pair, *, max_output_chars: int = 6000, temp
             "judge": scorer.name, "seconds": round(time.perf_counter() - started, 3)}
 
 
+def read_verdicts(path: Path | None) -> list[dict]:
+    """The verdicts in a JSONL file (none if absent), in order; a damaged line (a run killed mid-write) is
+    skipped with a warning."""
+    records = []
+    if path is not None and path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                (record["instruction"], record["kind"], record["len_a"], record["len_b"], record["verdict"])
+                records.append(record)
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s: skipping a damaged line %r", path, line[:80])
+    return records
+
+
 def judge_pairs(scorer: Scorer | None, pairs: list[Pair], path: Path | None, *, max_output_chars: int = 6000,
                 title: str = "judge") -> list[dict]:
     """Verdicts for every pair, in order; those already in `path` (same instruction, kind and texts' lengths)
     are read back instead of judged again, and new ones are appended as they come. With no scorer: only the
     verdicts already in `path` (a summary of a run still going or stopped)."""
-    done: dict[tuple, dict] = {}
-    if path is not None and path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                done[(record["instruction"], record["kind"], record["len_a"], record["len_b"])] = record
-            except (ValueError, KeyError, TypeError):
-                log.warning("%s: skipping a damaged line %r", path, line[:80])
+    done = {(r["instruction"], r["kind"], r["len_a"], r["len_b"]): r for r in read_verdicts(path)}
     key = lambda p: (p.instruction, p.kind, len(p.a), len(p.b))
     progress = Progress(title, len(pairs), already=sum(key(p) in done for p in pairs))
     out = []

@@ -124,6 +124,13 @@ def test_judge_with_the_onnx_engine_writes_resumable_verdicts(tiny_model_dir, in
     assert so_far.returncode == 0, so_far.stderr[-2000:]
     assert json.loads(so_far.stdout)["n"] == 3
 
+    compared = edge_moa("judge", "--compare", verdicts, partial, "--json")  # the full run against its first 3
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    paired = json.loads(compared.stdout)
+    assert paired["n"] == 3 and paired["difference"] == 0 and paired["same_verdict"] == 1
+    absent = edge_moa("judge", "--compare", verdicts, tmp_path / "absent.jsonl")
+    assert absent.returncode == 1 and "absent.jsonl" in absent.stderr and "no such file" in absent.stderr
+
     reference = edge_moa("judge", tmp_path / "b.json", "--against", "reference", "--instructions", instructions,
                          "--judge", f"local:{tiny_model_dir}", "--json", "--threads", 1)
     assert reference.returncode == 0, reference.stderr[-2000:]

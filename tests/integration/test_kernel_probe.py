@@ -15,9 +15,11 @@ from edge_agent.engine.machine import cpu_features
 from edge_agent.errors import IncompatibleModelError
 from edge_agent.model.kernel_probe import write_kernel_probe
 
+# the layout the patch writes is MLAS's x86 one (engine/block_offsets.py): elsewhere it is not found at all
+pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="the patched layout is x86 MLAS's")
 # onnxruntime 1.32's x86 dispatch: with AVX-512 the one-row kernel reads the patched BlkSum, with AVX2 only it
 # applies the integer zero points itself (engine/kernel_probe.py)
-ONE_ROW_PATCHABLE = platform.machine() != "x86_64" or "avx512f" in cpu_features()
+ONE_ROW_PATCHABLE = "avx512f" in cpu_features()
 
 
 def _other_product(model_dir: Path) -> None:

@@ -12,7 +12,7 @@ from edge_agent.eval.instructions import Instruction, excluding, stratified_orde
 from edge_agent.eval.judge_prompt import pair_messages
 from edge_agent.eval.progress import format_duration
 from edge_agent.eval.sanity import REFUSAL, sanity_pairs, sanity_summary
-from edge_agent.eval.summary import length_controlled_win_rate, summarize
+from edge_agent.eval.summary import length_controlled_win_rate, paired_difference, summarize
 from edge_agent.eval.verdicts import Pair, judge_pair
 
 TEMPLATE = ("<|im_start|>system\nYou judge.\n<|im_end|>\n<|im_start|>user\nQ: {instruction}\nm: {output_1}\n"
@@ -108,6 +108,27 @@ def test_summary_counts_ties_as_half_and_brackets_the_rate():
     assert summary["win_rate"] == 0.7 and (summary["wins"], summary["ties"], summary["losses"]) == (6, 2, 2)
     assert summary["ci_low"] <= 0.7 <= summary["ci_high"] and summary["ci_low"] < summary["ci_high"]
     assert summary["flip_rate"] == 0.2 and summary["n"] == 10
+
+
+def _verdict(instruction: str, verdict: float, len_b: int = 100) -> dict:
+    return {"instruction": instruction, "verdict": verdict, "len_b": len_b}
+
+
+def test_paired_difference_is_on_the_common_instructions_and_its_ci_brackets_it():
+    first = [_verdict(f"i{n}", 1.0 if n % 4 else 0.0) for n in range(40)]  # 75% wins
+    second = [_verdict(f"i{n}", 1.0 if n % 2 else 0.0) for n in range(20, 60)]  # 50% wins
+    paired = paired_difference(first, second, seed=1)
+    assert paired["n"] == 20  # i20..i39 only
+    assert paired["win_rate_first"] == 0.75 and paired["win_rate_second"] == 0.5
+    assert paired["difference"] == 0.25
+    assert paired["ci_low"] < 0.25 < paired["ci_high"]
+    assert paired["same_verdict"] == 0.75  # odd n: both win; n % 4 == 2: first wins alone; n % 4 == 0: both lose
+    assert paired_difference(first, [_verdict("elsewhere", 1.0)])["n"] == 0
+
+
+def test_paired_difference_refuses_verdicts_against_another_baseline():
+    with pytest.raises(ValueError, match="another baseline answer"):
+        paired_difference([_verdict("i", 1.0, len_b=100)], [_verdict("i", 0.0, len_b=250)])
 
 
 def test_length_controlled_rate_removes_a_pure_length_effect():
