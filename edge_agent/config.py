@@ -137,6 +137,10 @@ class EngineSection(Section):
                                                         "model (docs/stability.md 6e).")
     hang_timeout_s: float = Field(300.0, gt=0, description="An inference running longer than this means the engine "
                                                             "hangs: the status says unhealthy, new work is refused.")
+    prefix_cache_mb: int = Field(32, ge=0, le=4096, description="KV of prompt starts seen twice, kept for the "
+                                                                "next prompt that starts so (the synthesis "
+                                                                "system prompt, a ranking's template): exact, "
+                                                                "skips their prefill (0 = off).")
     huge_pages: bool = Field(True, description="Put the model's weights on transparent huge pages (Linux): "
                                                "20-30 % faster decode for 10 MB of memory.")
     synthetic_service_s: float = Field(1.0, gt=0, description="synthetic: mean service time in seconds.")

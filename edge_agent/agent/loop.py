@@ -314,7 +314,8 @@ class Agent(PromptSteps, ServingSteps, RecoverySteps):
         else:
             actions = run.on_result(sender, msg.task_id, msg.text, msg.error, msg.inference_s, self._alive(),
                                     self.rng, now, new_tokens=msg.new_tokens if msg.text is not None else None,
-                                    prompt_tokens=msg.prompt_tokens if msg.text is not None else None)
+                                    prompt_tokens=msg.prompt_tokens if msg.text is not None else None,
+                                    cached_tokens=msg.cached_tokens if msg.text is not None else None)
         self._execute(run, actions)
         return False
 

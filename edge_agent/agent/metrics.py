@@ -53,6 +53,9 @@ class AgentMetrics:
             buckets=BATCH_BUCKETS, registry=r)
         self.generated_tokens = Counter(
             "edgemoa_generated_tokens", "New tokens generated (every task, own and peers').", registry=r)
+        self.prompt_tokens = Counter(
+            "edgemoa_prompt_tokens", "Prompt tokens of the tasks run: prefilled, or taken from the prefix cache.",
+            ["source"], registry=r)
         self.prompt_latency_seconds = Histogram(
             "edgemoa_prompt_latency_seconds", "End-to-end latency of this agent's own users' prompts, answered.",
             ["layers", "proposers"], buckets=LATENCY_BUCKETS_S, registry=r)
@@ -75,6 +78,8 @@ class AgentMetrics:
                                             "Memory available on the board (psutil).", registry=r)
         for origin in ("own", "peer"):  # present from the first scrape, so rate() works from the start
             self.tasks_served.labels(origin=origin)
+        for source in ("prefilled", "cached"):
+            self.prompt_tokens.labels(source=source)
         self._server = None
         self._thread = None
 
@@ -96,7 +101,11 @@ class AgentMetrics:
             self._thread = None
 
     # -- events --
-    def observe_inference(self, seconds: float, new_tokens: int, batch_size: int = 1) -> None:
+    def observe_inference(self, seconds: float, new_tokens: int, batch_size: int = 1, prompt_tokens: int = 0,
+                          cached_tokens: int = 0) -> None:
+        if _finite(prompt_tokens) and _finite(cached_tokens) and 0 <= cached_tokens <= prompt_tokens:
+            self.prompt_tokens.labels(source="prefilled").inc(prompt_tokens - cached_tokens)
+            self.prompt_tokens.labels(source="cached").inc(cached_tokens)
         if _finite(seconds) and seconds >= 0:
             self.inference_seconds.observe(seconds)
         if _finite(new_tokens) and new_tokens > 0:

@@ -131,6 +131,7 @@ class Slot:
     inference_s: float | None = None
     new_tokens: int | None = None
     prompt_tokens: int | None = None
+    cached_tokens: int | None = None
     moves: int = 0
     kind: str = "generate"  # generate | rank (a select step: never moves to a peer)
 
@@ -202,7 +203,7 @@ class MoaRun:
 
     def on_result(self, sender: str, task_id: str, text: str | None, error: ErrorBody | None, inference_s: float,
                   alive: Sequence[str], rng: random.Random, now: float, *, new_tokens: int | None = None,
-                  prompt_tokens: int | None = None) -> list[Action]:
+                  prompt_tokens: int | None = None, cached_tokens: int | None = None) -> list[Action]:
         slot = self._current_slot(sender, task_id)
         if slot is None or slot.state in ("done", "failed") or self.finished:
             return []  # late, duplicate, or from someone else: the slot has moved on
@@ -212,7 +213,7 @@ class MoaRun:
             self.dropped.append(TraceEntry(device=slot.device, outcome="error", detail=error.code))
             return self._move_or_fail(slot, alive, rng, now)
         slot.state, slot.answer, slot.inference_s, slot.new_tokens = "done", text or "", inference_s, new_tokens
-        slot.prompt_tokens = prompt_tokens
+        slot.prompt_tokens, slot.cached_tokens = prompt_tokens, cached_tokens
         return self._advance_if_complete(alive, rng, now)
 
     def on_ranked(self, task_id: str, ranking: Ranking | None, error: ErrorBody | None, seconds: float,
@@ -341,7 +342,7 @@ class MoaRun:
         self.trace.append(LayerTrace(
             layer=self.layer, kind="aggregate" if self.aggregating else "propose",
             answered=[TraceEntry(device=s.device, outcome="ok", inference_s=s.inference_s, new_tokens=s.new_tokens,
-                                 prompt_tokens=s.prompt_tokens) for s in answered],
+                                 prompt_tokens=s.prompt_tokens, cached_tokens=s.cached_tokens) for s in answered],
             dropped=list(self.dropped),
             requested=1 if self.aggregating else self.request.proposers + 1,
         ))

@@ -167,17 +167,19 @@ class ServingSteps:
         self.counts["served"] += 1
         self._observe("task_served", task.origin != self.device)
         if isinstance(outcome, Generation):
-            self._observe("observe_inference", outcome.seconds, outcome.new_tokens, getattr(outcome, "batch_size", 1))
+            self._observe("observe_inference", outcome.seconds, outcome.new_tokens, getattr(outcome, "batch_size", 1),
+                          outcome.prompt_tokens, outcome.cached_tokens)
         try:
             self._complete(task, outcome)
         except Exception:
             log.exception("completing task %s of %s failed", task.task_id, task.request_id)
 
     def _complete(self, task: QueuedTask, outcome: Generation | Exception) -> None:
-        text, error, seconds, new_tokens, prompt_tokens = None, None, 0.0, 0, None
+        text, error, seconds, new_tokens, prompt_tokens, cached_tokens = None, None, 0.0, 0, None, None
         if isinstance(outcome, Generation):
             text, seconds, new_tokens = outcome.text, outcome.seconds, outcome.new_tokens
             prompt_tokens = min(max(int(outcome.prompt_tokens), 0), 10**7)
+            cached_tokens = min(max(int(outcome.cached_tokens), 0), prompt_tokens) or None
             # alpha per task = the engine's busy time per task finished since the last estimate: with a batch of b
             # rows, b tasks share one wall time (DESIGN sec. 4); one at a time it is each inference's own time
             per_task = self._service_time_per_task(seconds)
@@ -192,10 +194,10 @@ class ServingSteps:
             if run is not None:
                 self._execute(run, run.on_result(self.device, task.task_id, text, error, seconds, self._alive(),
                                                  self.rng, time.monotonic(), new_tokens=new_tokens,
-                                                 prompt_tokens=prompt_tokens))
+                                                 prompt_tokens=prompt_tokens, cached_tokens=cached_tokens))
             return
         result_msg = ResultMessage(sender=self.device, request_id=task.request_id, layer=task.layer,
                                    task_id=task.task_id, text=text, error=error,
                                    inference_s=round(min(seconds, 86400.0), 4), new_tokens=new_tokens,
-                                   prompt_tokens=prompt_tokens)
+                                   prompt_tokens=prompt_tokens, cached_tokens=cached_tokens)
         self._send_internal(task.origin, result_msg)

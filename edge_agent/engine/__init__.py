@@ -39,4 +39,5 @@ def create_engine(section: EngineSection) -> Engine:
         seed=section.seed,
         max_batch=section.max_batch,
         huge_pages=section.huge_pages,
+        prefix_cache_bytes=section.prefix_cache_mb << 20,
     )

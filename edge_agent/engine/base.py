@@ -30,6 +30,7 @@ class Generation:
     prompt_tokens: int
     new_tokens: int
     seconds: float  # wall time of this inference (prefill + decode); from generate_batch, of the whole call
+    cached_tokens: int = 0  # prompt tokens taken from a kept prefix's KV, not prefilled (engine/prefix_cache.py)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .generation import Sequence
 from .kv_cache import RowKvCache
+from .prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,24 @@ def prefill_chunks(length: int, chunk: int) -> list[tuple[int, int]]:
     return pieces
 
 
+def resume_from_prefix(prefixes: PrefixCache | None, cache: RowKvCache, row: int, ids: list[int],
+                       pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The pieces still to prefill after taking up the longest kept prefix of `ids` into row `row` (whose
+    buffer holds the whole prompt already); all of them when nothing is kept."""
+    found = prefixes.longest(ids, [start for start, _ in pieces]) if prefixes is not None else None
+    if found is None:
+        return pieces
+    start, arrays = found
+    cache.restore(row, arrays)
+    return [piece for piece in pieces if piece[0] >= start]
+
+
+def offer_prefix(prefixes: PrefixCache | None, cache: RowKvCache, row: int, ids: list[int], end: int) -> None:
+    """After a piece ending at `end` (not the prompt's last): keep ids[:end]'s KV if the cache wants it."""
+    if prefixes is not None and end < len(ids) and prefixes.wants(ids, end):
+        prefixes.keep(ids, end, cache.snapshot(row, end))
+
+
 @dataclass(eq=False)
 class Entry:
     """A sequence in the batch, with what its caller needs back (`tag`: the caller's own object)."""
@@ -35,11 +54,14 @@ class Entry:
     seq: Sequence
     tag: object = None
     chunks: list[tuple[int, int]] = field(default_factory=list)  # prefill pieces not yet run
+    reused: int = 0  # prompt tokens taken from a kept prefix, not prefilled
 
 
 class ContinuousBatch:
-    def __init__(self, cache: RowKvCache, *, max_rows: int, prefill_chunk: int):
+    def __init__(self, cache: RowKvCache, *, max_rows: int, prefill_chunk: int,
+                 prefixes: PrefixCache | None = None):
         self._cache = cache
+        self._prefixes = prefixes
         self.max_rows = max_rows
         self._chunk = prefill_chunk
         self._rows: list[Entry] = []  # live rows, entry i in KV row i
@@ -60,10 +82,12 @@ class ContinuousBatch:
     def free_rows(self) -> int:
         return self.max_rows - len(self)
 
-    def add(self, seq: Sequence, tag: object = None) -> None:
+    def add(self, seq: Sequence, tag: object = None) -> Entry:
         if self.free_rows <= 0:
             raise ValueError("the batch is full")
-        self._joining.append(Entry(seq, tag, prefill_chunks(len(seq.prompt_ids), self._chunk)))
+        entry = Entry(seq, tag, prefill_chunks(len(seq.prompt_ids), self._chunk))
+        self._joining.append(entry)
+        return entry
 
     def drop_all(self) -> list[Entry]:
         """Every entry out (a runtime failure): the caller fails them; the buffer is given back."""
@@ -84,11 +108,15 @@ class ContinuousBatch:
                 finished.append(self._leave(i))
             finished.reverse()
         if self._joining:
-            entry = self._joining[0]
-            if not entry.chunks[0][0]:  # its first chunk: make room for all of it
+            entry, row = self._joining[0], len(self._rows)
+            ids = entry.seq.prompt_ids
+            if not entry.chunks[0][0]:  # its first chunk: make room for all of it, take up a kept prefix
                 self._cache.reserve(self._need(), self._filled())
+                entry.chunks = resume_from_prefix(self._prefixes, self._cache, row, ids, entry.chunks)
+                entry.reused = entry.chunks[0][0]
             start, end = entry.chunks.pop(0)
-            logits = self._cache.prefill(len(self._rows), entry.seq.prompt_ids[start:end], start)
+            logits = self._cache.prefill(row, ids[start:end], start)
+            offer_prefix(self._prefixes, self._cache, row, ids, end)
             if not entry.chunks:
                 self._joining.popleft()
                 if entry.seq.choose(logits):

@@ -65,6 +65,15 @@ class RowKvCache:
         for array in self._arrays:
             array[target, :, :filled] = array[source, :, :filled]
 
+    def snapshot(self, row: int, filled: int) -> list[np.ndarray]:
+        """Copies of the first `filled` slots of row `row`, one (kv_heads, filled, head_dim) array per buffer."""
+        return [array[row, :, :filled].copy() for array in self._arrays]
+
+    def restore(self, row: int, arrays: list[np.ndarray]) -> None:
+        """Write a snapshot into the first slots of row `row` (the buffer must already hold them: `reserve`)."""
+        for array, kept in zip(self._arrays, arrays, strict=True):
+            array[row, :, : kept.shape[1]] = kept
+
     def prefill(self, row: int, ids: list[int], start: int, *, all_positions: bool = False) -> np.ndarray:
         """Feed `ids` to row `row` at slots start..; the logits after the last one (or after each one)."""
         binding = self._graph.bind_kv([array[row : row + 1] for array in self._arrays])

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +26,13 @@ from ..artifact.chat_template import ChatTemplate
 from ..artifact.manifest import Manifest, read_manifest
 from ..errors import InferenceError, TooLargeError
 from .base import ChatMessage, Generation, GenerationRequest
-from .batch import ContinuousBatch, prefill_chunks
+from .batch import ContinuousBatch, offer_prefix, prefill_chunks, resume_from_prefix
 from .embeddings import MappedEmbeddings
 from .fast_path import check_patched, load_session
 from .generation import Sequence, TextStream, final_text, sample_next
 from .kv_cache import ConcatKvCache, RowKvCache, round_capacity
 from .label_scores import LabelScores, keep_the_end, log_softmax_at
+from .prefix_cache import PrefixCache
 from .process_memory import release_file_pages, return_freed_heap, weights_on_huge_pages
 from .session import Graph, create_session, runtime_errors
 
@@ -66,12 +67,15 @@ class OnnxEngine:
         max_batch: int = 4,
         huge_pages: bool = True,
         prefill_chunk: int = PREFILL_CHUNK,
+        prefix_cache_bytes: int = 32 << 20,
     ):
         """`share_kv_buffer=None` follows the manifest; False forces the copying loop (for comparisons).
         `huge_pages`: back the loaded weights with transparent huge pages (Linux; process_memory.py says why).
 
         `max_batch`: the most requests decoded together (1 disables batching). Graphs without the shared KV
         buffer always run one request at a time (their max_batch is 1).
+        `prefix_cache_bytes`: KV of prompt prefixes kept between requests (prefix_cache.py; 0 = off); exact,
+        graphs with the shared KV buffer only.
         """
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be an integer >= 1, not {max_batch!r}")
@@ -116,6 +120,7 @@ class OnnxEngine:
         # batched decode needs GQA's per-row lengths (seqlens_k from attention_mask) and the in-place buffer
         self.continuous = self._share_buffer and self._graph.has_attention_mask
         self.max_batch = max_batch if self.continuous else 1
+        self.prefixes = PrefixCache(prefix_cache_bytes) if self._share_buffer and prefix_cache_bytes else None
         self._lock = threading.Lock()
         log.info(
             "loaded %s from %s (%s, %d threads, shared KV buffer: %s, max batch %d)",
@@ -164,7 +169,7 @@ class OnnxEngine:
         self._check(prompt_ids, request.max_new_tokens)
         stream = TextStream(self.decode, self._stop_strings, on_delta) if on_delta is not None else None
         seq = self._sequence(request, prompt_ids, stream=stream, stop_at_eos=stop_at_eos)
-        self._run_alone(seq)
+        reused = self._run_alone(seq)
         text = self._text(seq.out)
         if stream is not None:
             stream.finish(text)
@@ -173,6 +178,7 @@ class OnnxEngine:
             prompt_tokens=len(prompt_ids),
             new_tokens=len(seq.out),
             seconds=time.perf_counter() - started,
+            cached_tokens=reused,
         )
 
     def generate_batch(
@@ -196,7 +202,7 @@ class OnnxEngine:
                     results[index] = exc
             seconds = time.perf_counter() - started
             return [
-                r if isinstance(r, Exception) else Generation(r.text, r.prompt_tokens, r.new_tokens, seconds)
+                r if isinstance(r, Exception) else replace(r, seconds=seconds)
                 for r in results
             ]  # type: ignore[union-attr]
         batch = self.open_batch(stop_at_eos=stop_at_eos)
@@ -216,9 +222,7 @@ class OnnxEngine:
                     done.append((index, outcome))
         seconds = time.perf_counter() - started
         for index, generation in done:
-            results[index] = Generation(
-                generation.text, generation.prompt_tokens, generation.new_tokens, seconds
-            )
+            results[index] = replace(generation, seconds=seconds)
         return results  # type: ignore[return-value]  # every slot is filled above
 
     def open_batch(self, *, max_rows: int | None = None, stop_at_eos: bool = True) -> OnnxBatch:
@@ -280,11 +284,14 @@ class OnnxEngine:
         with self._lock, runtime_errors(f"{self.model_id}: scoring failed"):
             if not self._share_buffer:
                 return ConcatKvCache(self._graph, kv.num_kv_heads, kv.head_dim).run(list(ids), 0).copy()
+            ids = list(ids)
             cache = RowKvCache(self._graph, kv.num_kv_heads, kv.head_dim, 1)
             cache.reserve(len(ids), [0])
             logits = None
-            for start, end in prefill_chunks(len(ids), self.prefill_chunk):
-                logits = cache.prefill(0, list(ids[start:end]), start)
+            pieces = resume_from_prefix(self.prefixes, cache, 0, ids, prefill_chunks(len(ids), self.prefill_chunk))
+            for start, end in pieces:
+                logits = cache.prefill(0, ids[start:end], start)
+                offer_prefix(self.prefixes, cache, 0, ids, end)
             return logits
 
     def label_token(self, label: str) -> int:
@@ -367,18 +374,22 @@ class OnnxEngine:
         kv = self.manifest.kv
         return RowKvCache(self._graph, kv.num_kv_heads, kv.head_dim, rows)
 
-    def _run_alone(self, seq: Sequence) -> None:
-        """Decode one sequence to its end: a batch of one (the same chunks and kernels as in any batch)."""
+    def _run_alone(self, seq: Sequence) -> int:
+        """Decode one sequence to its end: a batch of one (the same chunks and kernels as in any batch); the
+        prompt tokens it took from a kept prefix."""
         t0 = time.perf_counter()
+        reused = 0
         with self._lock, runtime_errors(f"{self.model_id}: inference failed"):
             if self.continuous:
-                batch = ContinuousBatch(self._row_cache(1), max_rows=1, prefill_chunk=self.prefill_chunk)
-                batch.add(seq)
+                batch = ContinuousBatch(self._row_cache(1), max_rows=1, prefill_chunk=self.prefill_chunk,
+                                        prefixes=self.prefixes)
+                entry = batch.add(seq)
                 t1 = None
                 while len(batch):
                     batch.step()
                     if t1 is None and (seq.out or seq.done):
                         t1 = time.perf_counter()
+                reused = entry.reused
             else:
                 kv = self.manifest.kv
                 cache = ConcatKvCache(self._graph, kv.num_kv_heads, kv.head_dim)
@@ -388,6 +399,7 @@ class OnnxEngine:
                     logits = cache.run([seq.out[-1]], seq.length)
         t2 = time.perf_counter()
         self.last_timing = Timing(len(seq.prompt_ids), len(seq.out), (t1 or t2) - t0, t2 - (t1 or t2))
+        return reused
 
 
 class OnnxBatch:
@@ -402,7 +414,7 @@ class OnnxBatch:
         self._engine = engine
         self._stop_at_eos = stop_at_eos
         self._batch = ContinuousBatch(
-            engine._row_cache(rows), max_rows=rows, prefill_chunk=engine.prefill_chunk
+            engine._row_cache(rows), max_rows=rows, prefill_chunk=engine.prefill_chunk, prefixes=engine.prefixes
         )
         self._started: dict[int, float] = {}
 
@@ -455,5 +467,5 @@ class OnnxBatch:
             if seq.stream is not None:
                 seq.stream.finish(text)
             seconds = now - self._started.pop(id(seq))
-            results.append((entry.tag, Generation(text, len(seq.prompt_ids), len(seq.out), seconds)))
+            results.append((entry.tag, Generation(text, len(seq.prompt_ids), len(seq.out), seconds, entry.reused)))
         return results

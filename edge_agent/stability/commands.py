@@ -48,25 +48,32 @@ def _batch_arguments(p: argparse.ArgumentParser) -> None:
                    help="alpha(b) per decode step (tools/bench/batching.py --out); without it a batch of b "
                         "costs what one task does")
     _basis_argument(p, tokens=True, traced=False)
-    p.add_argument("--tokens", type=_token_pair, default=None, metavar="P,D",
-                   help="--profile-basis tokens: a first-step task's prompt tokens and new tokens")
-    p.add_argument("--synthesis-tokens", type=_token_pair, default=None, metavar="P,D",
+    p.add_argument("--tokens", type=_token_pair, default=None, metavar="P,D[,C]",
+                   help="--profile-basis tokens: a first-step task's prompt tokens and new tokens (and C of the "
+                        "prompt's from the agent's prefix cache, not prefilled)")
+    p.add_argument("--synthesis-tokens", type=_token_pair, default=None, metavar="P,D[,C]",
                    help="--profile-basis tokens: a later step's (the prompt carries the answers; default "
-                        "P + (k+1) x D of --tokens, and D)")
+                        "P + (k+1) x D of --tokens, and D; e.g. C = 128: SmolLM2's synthesis prompt start, "
+                        "engine.prefix_cache_mb)")
     p.add_argument("--cores", type=float, default=None,
                    help="--profile-basis tokens: the agents share this many cores (one machine); default a "
                         "board each")
     p.add_argument("--threads", type=int, default=1, help="with --cores: inference threads per agent")
 
 
-def _token_pair(text: str) -> tuple[int, int]:
+def _token_pair(text: str) -> tuple[int, ...]:
+    """P,D or P,D,C: prompt tokens, new tokens, and of the prompt's the C its agent's prefix cache holds."""
     try:
-        prompt, new = (int(x) for x in text.split(","))
+        numbers = tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: two whole numbers P,D") from None
-    if prompt < 1 or new < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: both at least 1")
-    return prompt, new
+        raise argparse.ArgumentTypeError(f"{text!r}: whole numbers P,D or P,D,C") from None
+    if len(numbers) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"{text!r}: two or three whole numbers P,D[,C]")
+    if numbers[0] < 1 or numbers[1] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: P and D at least 1")
+    if len(numbers) == 3 and not 0 <= numbers[2] < numbers[0]:
+        raise argparse.ArgumentTypeError(f"{text!r}: C (prompt tokens from the prefix cache) in [0, P)")
+    return numbers
 
 
 def _basis_argument(p: argparse.ArgumentParser, *, tokens: bool = False, traced: bool = True) -> None:
@@ -110,7 +117,7 @@ def _token_work(args: argparse.Namespace) -> dict:
         problems.append(("--tokens", None, "--profile-basis tokens needs a task's prompt and new tokens, P,D"))
     if problems:
         raise ConfigError(problems)
-    prompt, new = args.tokens
+    prompt, new = args.tokens[:2]
     k = args.proposers if args.layers else 0
     later = args.synthesis_tokens or (prompt + (k + 1) * new, new)
     return {"costs": TokenCosts.read(args.batch_profile), "tokens_first": (args.tokens,), "tokens_synthesis": (later,),
@@ -188,6 +195,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="onnx without --alpha: measure alpha (one task, b = 1) on each agent in turn with the rest "
                         "idle (solo), or on every agent at once, sharing the machine's cores as under load (loaded)")
     e.add_argument("--model", default=None, help="onnx: catalogue name or model directory (default: the default)")
+    e.add_argument("--prefix-cache-mb", type=int, default=None, metavar="MB",
+                   help="onnx: the agents' engine.prefix_cache_mb (0 = off; default: the config's, 32)")
     e.add_argument("--models", default=None, metavar="A,B,...",
                    help="onnx: a mixed mesh, one model per agent (overrides --model and --agents); alpha is then "
                         "measured per agent, the planner and simulator get each agent's own")
@@ -418,7 +427,7 @@ def experiment_command(args: argparse.Namespace) -> int:
             sim_prompts=args.sim_prompts, progress=not args.no_progress, alphas=alphas, policies=policies,
             candidates=args.candidates, max_batch=args.max_batch,
             batch_profile=str(args.batch_profile) if args.batch_profile else "", calibration=args.calibrate,
-            profile_basis=args.profile_basis, models=models,
+            profile_basis=args.profile_basis, models=models, prefix_cache_mb=args.prefix_cache_mb,
         )
         # A background run (where SIGINT is ignored) stopped with SIGTERM still stops its mesh on the way out.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

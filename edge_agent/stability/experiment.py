@@ -58,6 +58,7 @@ class Inference(NamedTuple):
     step: int = 0  # 1-based position of its layer in the trace (1 = the first step); 0 = not recorded
     prompt_tokens: int = 0  # what its prefill read (0: not recorded)
     new_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt's, taken from the agent's prefix cache (not prefilled)
 
 
 @dataclass
@@ -243,9 +244,9 @@ def token_work(spec: RunSpec, prompts: list[PromptRecord]) -> dict:
     costs = TokenCosts.read(spec.batch_profile)
     if spec.step_stretch != 1.0:
         costs = costs.stretched(spec.step_stretch)
-    first = tuple((i.prompt_tokens, i.new_tokens) for p in prompts for i in p.inference_s
+    first = tuple((i.prompt_tokens, i.new_tokens, i.cached_tokens) for p in prompts for i in p.inference_s
                   if i.step == 1 and i.prompt_tokens)
-    later = tuple((i.prompt_tokens, i.new_tokens) for p in prompts for i in p.inference_s
+    later = tuple((i.prompt_tokens, i.new_tokens, i.cached_tokens) for p in prompts for i in p.inference_s
                   if i.step > 1 and i.prompt_tokens)
     if not first:
         raise ValueError(f"{spec.name}: the answers' traces carry no token counts (agents older than the iteration "
@@ -366,15 +367,19 @@ def load_results(out: Path) -> list[RunStats]:
 
 def _inference_text(i: Inference) -> str:
     text = f"{i.device}:{i.step}:{i.seconds:.4f}"
+    if i.cached_tokens:
+        return f"{text}:{i.prompt_tokens}:{i.new_tokens}:{i.cached_tokens}"
     return f"{text}:{i.prompt_tokens}:{i.new_tokens}" if i.prompt_tokens else text
 
 
 def _inference(text: str) -> Inference:
-    """`device:step:seconds:prompt_tokens:new_tokens`, or without the tokens (runs before they were traced), or
-    `device:seconds` as the first runs wrote it."""
+    """`device:step:seconds:prompt_tokens:new_tokens[:cached_tokens]`, or without the tokens (runs before they
+    were traced), or `device:seconds` as the first runs wrote it."""
     parts = text.split(":")
     if len(parts) == 2:
         return Inference(parts[0], float(parts[1]))
+    if len(parts) == 6:
+        return Inference(parts[0], float(parts[2]), int(parts[1]), int(parts[3]), int(parts[4]), int(parts[5]))
     if len(parts) == 5:
         return Inference(parts[0], float(parts[2]), int(parts[1]), int(parts[3]), int(parts[4]))
     return Inference(parts[0], float(parts[2]), int(parts[1]))

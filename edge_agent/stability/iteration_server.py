@@ -52,12 +52,16 @@ class IterationServer:
         self.share = 1.0
         self.prompt: dict[int, int] = {}  # task -> prompt tokens
         self.new: dict[int, int] = {}  # task -> new tokens
+        self.cached: dict[int, int] = {}  # task -> prompt tokens its prefill takes from the prefix cache
         self.joined: dict[int, float] = {}  # decoding task -> iteration its prefill ended
 
     # -- the simulator's two calls --
 
-    def admit(self, a: int, task: int, prompt_tokens: int, new_tokens: int, t: float) -> None:
+    def admit(self, a: int, task: int, prompt_tokens: int, new_tokens: int, t: float, cached_tokens: int = 0) -> None:
+        """`cached_tokens` of the prompt come from the prefix cache: not prefilled, but in the row's context."""
         self.prompt[task], self.new[task] = max(1, prompt_tokens), max(1, new_tokens)
+        if cached_tokens > 0:
+            self.cached[task] = min(cached_tokens, self.prompt[task] - 1)
         was_idle = self._idle(a)
         if was_idle:
             self.busy_since[a] = t
@@ -116,15 +120,17 @@ class IterationServer:
     def _start_head(self, a: int) -> None:
         if not self.joining[a]:
             return
-        prompt = self.prompt[self.joining[a][0]]
-        pieces = len(prefill_chunks(prompt, self.costs.prefill_chunk))
+        task = self.joining[a][0]
+        prompt, cached = self.prompt[task], self.cached.get(task, 0)
+        pieces = max(1, sum(start >= cached for start, _ in prefill_chunks(prompt, self.costs.prefill_chunk)))
         self.head_end[a] = self.clock[a] + pieces
-        self.head_cost[a] = self.costs.prefill(prompt) / pieces
+        self.head_cost[a] = self.costs.prefill(prompt - cached) / pieces
 
     def _finish(self, a: int, task: int, t: float) -> None:
         self.t_end[task] = t
         self.prompt.pop(task, None)
         self.new.pop(task, None)
+        self.cached.pop(task, None)
         if self.waiting[a]:
             self._join(a, self.waiting[a].popleft(), t)
 
@@ -159,17 +165,19 @@ class IterationServer:
             self._retime(a, t)
 
 
-def saturated_task_s(costs: TokenCosts, tasks: tuple[tuple[int, int], ...], rows: int) -> float:
-    """Seconds of CPU per task (one agent's whole CPU) when the agent runs full batches of `rows`: its prefill,
-    which does not batch, plus its share of the steps it decodes in (rows at the tasks' mean context). A bound:
-    no schedule of these tasks serves them faster, so a rate needing more is unstable."""
-    prompt = float(np.mean([p for p, _ in tasks]))
-    new = float(np.mean([max(1, d) for _, d in tasks]))
+def saturated_task_s(costs: TokenCosts, tasks: tuple[tuple[int, ...], ...], rows: int) -> float:
+    """Seconds of CPU per task (one agent's whole CPU) when the agent runs full batches of `rows`: its prefill
+    (of the tokens the prefix cache did not hold), which does not batch, plus its share of the steps it decodes
+    in (rows at the tasks' mean context). A bound: no schedule of these tasks serves them faster, so a rate
+    needing more is unstable."""
+    prompt = float(np.mean([t[0] for t in tasks]))
+    prefilled = float(np.mean([t[0] - (t[2] if len(t) > 2 else 0) for t in tasks]))
+    new = float(np.mean([max(1, t[1]) for t in tasks]))
     context = prompt + new / 2
-    return costs.prefill(round(prompt)) + (new - 1) * costs.step([context] * rows) / rows
+    return costs.prefill(round(prefilled)) + (new - 1) * costs.step([context] * rows) / rows
 
 
-def token_capacity(costs: TokenCosts, first: tuple[tuple[int, int], ...], later: tuple[tuple[int, int], ...],
+def token_capacity(costs: TokenCosts, first: tuple[tuple[int, ...], ...], later: tuple[tuple[int, ...], ...],
                    *, agents: int, layers: int, proposers: int, max_batch: int, cores: float | None,
                    threads: int) -> dict:
     """The largest rate per user the iteration model allows (uniform peers, every agent alike): each prompt

@@ -82,6 +82,7 @@ class ExperimentSettings:
     batch_slowdown: float = 0.0  # slowdown(max_batch) measured under load by `calibrate` (0: the profile's own)
     cores: float = 0.0  # --profile-basis tokens: effective cores the agents share (0: fitted on the mesh first)
     step_stretch: float = 1.0  # --profile-basis tokens: the batch cost's stretch, fitted with `cores`
+    prefix_cache_mb: int | None = None  # onnx: the agents' engine.prefix_cache_mb (None: the config's default)
 
     def specs(self) -> list[RunSpec]:
         out = []
@@ -116,6 +117,8 @@ def mesh_sections(s: ExperimentSettings) -> dict:
         engine = {"kind": "synthetic", "synthetic_service_s": s.alpha_s, "warmup": False}
     else:
         engine = {"kind": "onnx", "threads": s.threads, **({"model": s.model} if s.model else {})}
+        if s.prefix_cache_mb is not None:
+            engine["prefix_cache_mb"] = s.prefix_cache_mb
     # One task at a time, as Theorem 1 and the simulator assume, unless batching is what is being measured.
     engine["max_batch"] = s.max_batch
     if s.batch_profile and s.engine == "synthetic":
@@ -208,7 +211,7 @@ def calibrated(s: ExperimentSettings, seconds: dict[str, list[float]], devices: 
 
 def loaded_tasks(mesh, s: ExperimentSettings, per_agent: int, rounds: int = 2) -> list[list[list[tuple]]]:
     """`per_agent` tasks sent to every agent at once (M = 0), `rounds` times after one round of warm-up: per
-    round, per agent, (prompt tokens, new tokens, seconds) of each."""
+    round, per agent, (prompt tokens, new tokens, seconds, prompt tokens from the prefix cache) of each."""
     out = []
     with mesh.client() as client:
         for r in range(rounds + 1):
@@ -221,12 +224,12 @@ def loaded_tasks(mesh, s: ExperimentSettings, per_agent: int, rounds: int = 2) -
             per_agent_tasks: dict[str, list[tuple]] = {d: [] for d in mesh.devices}
             for d, answer in answered:
                 per_agent_tasks[d] += [(int(e.get("prompt_tokens") or 0), int(e.get("new_tokens") or 0),
-                                        float(e["inference_s"]))
+                                        float(e["inference_s"]), int(e.get("cached_tokens") or 0))
                                        for layer in answer.get("trace", []) for e in layer["answered"]
                                        if e.get("inference_s") is not None]
             out.append([per_agent_tasks[d] for d in mesh.devices])
     tasks = [t for agents in out for mine in agents for t in mine]
-    if not tasks or not all(p for p, _, _ in tasks):
+    if not tasks or not all(t[0] for t in tasks):
         raise InferenceError("the calibration's answers carry no token counts (agents older than the iteration "
                              "model?): use --profile-basis task")
     return out
@@ -361,7 +364,7 @@ def _on_answer(rec: PromptRecord, start: float, bar, future: Future) -> None:
         rec.agent_latency_s = answer.get("latency_s")
         rec.inferences = answer.get("inferences")
         rec.inference_s = [Inference(e["device"], float(e["inference_s"]), step, int(e.get("prompt_tokens") or 0),
-                                     int(e.get("new_tokens") or 0))
+                                     int(e.get("new_tokens") or 0), int(e.get("cached_tokens") or 0))
                            for step, layer in enumerate(answer.get("trace", []), start=1)
                            for e in layer.get("answered", []) if e.get("inference_s") is not None]
     if bar is not None:

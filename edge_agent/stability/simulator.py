@@ -68,8 +68,9 @@ class SimConfig:
     # The iteration model (stability/iteration_server.py): tasks priced token by token, prefill apart; service
     # times and alphas then only rank peers. Tasks draw (prompt tokens, new tokens) from the measured pairs.
     costs: TokenCosts | None = None
-    tokens_first: tuple[tuple[int, int], ...] = ()  # the first step's tasks (short prompts)
-    tokens_synthesis: tuple[tuple[int, int], ...] = ()  # later steps (prompts carry the answers); () = first's
+    # (prompt, new[, cached]) tokens: `cached` of the prompt's came from the agent's prefix cache (not prefilled)
+    tokens_first: tuple[tuple[int, ...], ...] = ()  # the first step's tasks (short prompts)
+    tokens_synthesis: tuple[tuple[int, ...], ...] = ()  # later steps (prompts carry the answers); () = first's
     cores: float | None = None  # agents share this many cores (one machine); None: each has its own
     threads: int = 1  # per agent, with `cores`
 
@@ -346,8 +347,8 @@ def simulate(cfg: SimConfig, *, arrivals: np.ndarray | None = None, users: np.nd
             in_system[a] += 1
             t_agent[tid], t_arr[tid], task_prompt[tid] = a, t, p
             if server is not None:
-                prompt_tokens, new_tokens = (first_l if lay == 1 else syn_tokens)[tid]
-                server.admit(a, tid, prompt_tokens, new_tokens, t)
+                work = (first_l if lay == 1 else syn_tokens)[tid]
+                server.admit(a, tid, work[0], work[1], t, work[2] if len(work) > 2 else 0)
             elif batched:
                 admit(a, tid, service[tid] * alpha_l[a], t)
             else:

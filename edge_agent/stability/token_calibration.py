@@ -19,7 +19,7 @@ import numpy as np
 from ..engine.batch_profile import TokenCosts
 from .iteration_server import IterationServer
 
-Task = tuple[int, int, float]  # prompt tokens, new tokens, seconds as measured
+Task = tuple  # prompt tokens, new tokens, seconds as measured[, prompt tokens from the prefix cache]
 Round = list[list[Task]]  # per agent, the tasks it was sent at once
 
 
@@ -33,8 +33,8 @@ def modelled_seconds(costs: TokenCosts, rounds: list[Round], rows: int, cores: f
         server = IterationServer(len(agents), costs, rows, heap, t_start, t_end, cores=cores, threads=threads)
         task = 0
         for a, tasks in enumerate(agents):
-            for prompt, new, _ in tasks:
-                server.admit(a, task, prompt, new, 0.0)
+            for prompt, new, _, *cached in tasks:
+                server.admit(a, task, prompt, new, 0.0, cached[0] if cached else 0)
                 task += 1
         while heap:
             t, _, version, a = heapq.heappop(heap)
@@ -44,7 +44,7 @@ def modelled_seconds(costs: TokenCosts, rounds: list[Round], rows: int, cores: f
 
 
 def measured_seconds(rounds: list[Round]) -> float:
-    return float(np.mean([s for agents in rounds for tasks in agents for _, _, s in tasks]))
+    return float(np.mean([t[2] for agents in rounds for tasks in agents for t in tasks]))
 
 
 def _bisect(slower: Callable[[float], float], low: float, high: float, *, rising: bool) -> float:

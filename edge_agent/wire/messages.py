@@ -7,7 +7,7 @@ import re
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from .. import PROTOCOL_VERSION
 from ..config import DEVICE_ID_PATTERN, Aggregation, SelectRanker
@@ -190,6 +190,7 @@ class TraceEntry(Frozen):
     inference_s: Seconds | None = None
     new_tokens: Count | None = None
     prompt_tokens: Count | None = None  # the tokens its prefill read (a select step: its ranking's)
+    cached_tokens: Count | None = None  # of those, taken from the engine's prefix cache, not prefilled
     detail: str | None = None
 
 
@@ -316,6 +317,13 @@ class ResultMessage(InternalMessage):
     inference_s: Seconds = 0.0
     new_tokens: Count = 0
     prompt_tokens: Count | None = None  # what the prefill read (the simulator prices prefill apart)
+    cached_tokens: Count | None = None  # of those, taken from the prefix cache (absent: none, or an older agent)
+
+    @model_validator(mode="after")
+    def _cached_within_prompt(self) -> ResultMessage:
+        if self.cached_tokens is not None and self.cached_tokens > (self.prompt_tokens or 0):
+            raise ValueError("cached_tokens exceeds prompt_tokens")
+        return self
 
 
 Internal = Annotated[TaskMessage | TaskAckMessage | ResultMessage, Field(discriminator="type")]

@@ -39,6 +39,23 @@ def test_answer_trace_has_distinct_proposers_and_the_paper_cost(onnx_mesh, layer
     assert answer["latency_s"] >= sum(max(e["inference_s"] for e in t["answered"]) for t in trace) * 0.99
 
 
+def test_synthesis_prompts_start_from_the_prefix_cache_and_the_traces_say_so(onnx_mesh):
+    """Each agent keeps the synthesis prompt's start once it has seen it twice; later syntheses, the origin's own
+    and a peer's (a layer-2 proposal, whose count comes back in its result message), take it from the cache."""
+    with onnx_mesh.client() as client:
+        for device in onnx_mesh.devices:  # two syntheses on every agent: the shared start is kept everywhere
+            for question in ("Tell me about the sea.", "Tell me about the moon."):
+                answer = client.ask(device, question, layers=1, proposers=0, timeout_s=60)
+                assert "error" not in answer, answer
+        answer = client.ask("agent1", "Tell me about rivers.", layers=2, proposers=1, timeout_s=60)
+    assert "error" not in answer, answer
+    first, second, final = answer["trace"]
+    assert all(not e.get("cached_tokens") for e in first["answered"])  # plain prompts share no whole chunk
+    for entry in second["answered"] + final["answered"]:  # agent1's own and a peer's synthesis
+        assert 0 < entry["cached_tokens"] < entry["prompt_tokens"] and entry["cached_tokens"] % 64 == 0, entry
+    assert {e["device"] for e in second["answered"]} - {"agent1"}
+
+
 def test_plain_mosquitto_clients_with_a_response_topic(onnx_mesh):
     if not shutil.which("mosquitto_pub"):
         pytest.fail("mosquitto_pub missing: install mosquitto-clients (make test does it)")

@@ -195,6 +195,9 @@ def test_the_agents_batch_by_default_but_theorem_1_runs_pin_one_task_at_a_time(t
                            alpha_s=0.1, out=tmp_path)
     assert mesh_sections(s)["engine"]["max_batch"] == 1
     assert mesh_sections(ExperimentSettings(**{**s.__dict__, "max_batch": 4}))["engine"]["max_batch"] == 4
+    onnx = ExperimentSettings(**{**s.__dict__, "engine": "onnx"})
+    assert "prefix_cache_mb" not in mesh_sections(onnx)["engine"]  # the config's default (on)
+    assert mesh_sections(ExperimentSettings(**{**onnx.__dict__, "prefix_cache_mb": 0}))["engine"]["prefix_cache_mb"] == 0
 
 
 def test_experiment_models_are_refused_off_the_onnx_engine_and_alone(tmp_path, capsys):
@@ -253,3 +256,20 @@ def test_predict_in_the_iteration_model_reads_each_tasks_tokens_and_the_shared_c
     assert capacity["cpu_s_per_prompt"] == pytest.approx(cpu)
     assert capacity["max_rate"] == pytest.approx(0.5 / cpu)
     assert 1.0 < capacity["speedup"] < 4.0  # prefill does not batch
+
+
+def test_traced_tokens_and_prefix_cache_hits_survive_the_csv_and_reach_the_iteration_model(tmp_path):
+    from edge_agent.stability.experiment import token_work
+
+    spec, prompts, samples = _fake_run()
+    prompts[0].inference_s = [Inference("a", 0.1, 1, 40, 30), Inference("b", 0.1, 1, 42, 31),
+                              Inference("a", 0.3, 2, 300, 60, 128)]
+    write_run_csv(tmp_path, spec, prompts, samples)
+    _, loaded, _ = read_run_csv(tmp_path, spec.name)
+    assert loaded[0].inference_s == prompts[0].inference_s
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"step_s": {"1": 0.01, "2": 0.012}, "token_costs": {
+        "step_context": 0.0, "context_s": 0.0, "padding_s": 0.0, "prefill_fixed_s": 0.0, "prefill_token_s": 0.002,
+        "prefill_chunk": 64}}))
+    work = token_work(replace(spec, batch_profile=str(profile)), loaded[:1])
+    assert work["tokens_first"] == ((40, 30, 0), (42, 31, 0)) and work["tokens_synthesis"] == ((300, 60, 128),)

@@ -32,6 +32,15 @@ def test_a_task_alone_is_its_prefill_then_one_step_per_further_token():
     assert run.task_end[0] - run.task_start[0] == pytest.approx(100 * PREFILL + 9 * STEPS[0])
 
 
+def test_prompt_tokens_from_the_prefix_cache_cost_no_prefill_but_stay_in_the_context():
+    cached = _run([0.0], [0], ((200, 10, 128),), costs=_costs(context_s=1e-4))
+    whole = _run([0.0], [0], ((200, 10),), costs=_costs(context_s=1e-4))
+    # 128 of 200 tokens kept: one 72-token chunk prefilled; the 9 decode steps read the same 200-token context
+    saved = whole.task_end[0] - cached.task_end[0]
+    assert saved == pytest.approx(128 * PREFILL)
+    assert cached.task_end[0] - 72 * PREFILL == pytest.approx(whole.task_end[0] - 200 * PREFILL)
+
+
 def test_a_newcomers_prefill_stalls_the_row_already_decoding():
     run = _run([0.0, 0.0], [0, 0], ((100, 10),))
     # task 0: 2 chunks (0.1 s each) -> decoding from 0.2 s; task 1's 2 chunks then share each iteration with
@@ -132,6 +141,24 @@ def test_plan_and_simulate_in_the_iteration_model_agree_on_where_the_mesh_stops_
         assert out["profile_basis"] == "tokens" and out["predicted"]["token_capacity"] == capacity
         trends[load] = out["queue_growth_per_s"]
     assert abs(trends[0.6]) < 0.01 < trends[1.3]
+
+
+def test_plan_prices_a_synthesis_prompts_cached_start_as_no_prefill(tmp_path, capsys):
+    from edge_agent.cli import main
+
+    flags = ["plan", "-n", "4", "-M", "1", "-k", "2", "--alpha", "1", "--max-batch", "4", "--batch-profile",
+             str(_profile_file(tmp_path)), "--profile-basis", "tokens", "--tokens", "40,100", "--cores", "2",
+             "--rate", "0.1", "--json"]
+    capacity = {}
+    for cached in (0, 128):
+        assert main([*flags, "--synthesis-tokens", f"340,100,{cached}"]) == 0
+        capacity[cached] = json.loads(capsys.readouterr().out)["token_capacity"]
+    assert capacity[0]["cpu_s_per_prompt"] - capacity[128]["cpu_s_per_prompt"] == pytest.approx(128 * 0.002)
+    for bad in ("340,100,340", "340,100,-1", "340,100,1,2"):
+        with pytest.raises(SystemExit):
+            main([*flags, "--synthesis-tokens", bad])
+        err = capsys.readouterr().err
+        assert "--synthesis-tokens" in err and ("C (prompt tokens from the prefix cache)" in err or "P,D[,C]" in err)
 
 
 def test_the_iteration_model_says_what_it_is_missing(tmp_path, capsys):

@@ -26,9 +26,11 @@ def test_build_info_names_version_model_and_device(metrics):
 
 
 def test_inference_tokens_and_batches(metrics):
-    metrics.observe_inference(0.8, 64, 1)
-    metrics.observe_inference(2.5, 120, 3)
-    metrics.observe_inference(math.nan, -1, 0)  # nonsense is dropped, not recorded
+    metrics.observe_inference(0.8, 64, 1, prompt_tokens=40)
+    metrics.observe_inference(2.5, 120, 3, prompt_tokens=300, cached_tokens=128)
+    metrics.observe_inference(math.nan, -1, 0, prompt_tokens=5, cached_tokens=9)  # nonsense: dropped
+    assert value(metrics, "edgemoa_prompt_tokens_total", source="prefilled") == 212
+    assert value(metrics, "edgemoa_prompt_tokens_total", source="cached") == 128
     assert value(metrics, "edgemoa_inference_seconds_count") == 2
     assert value(metrics, "edgemoa_inference_seconds_sum") == pytest.approx(3.3)
     assert value(metrics, "edgemoa_inference_seconds_bucket", le="1.0") == 1

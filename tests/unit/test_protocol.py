@@ -105,3 +105,14 @@ def test_deep_nesting_is_refused_before_the_parser_sees_it():
         load_json(b'{"prompt": ' + b"[" * 100000 + b"]" * 100000 + b"}", "prompt")
     assert load_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH, "x") is not None
     assert load_json('{"s": "' + "[" * 1000 + '"}', "x") == {"s": "[" * 1000}
+
+
+def test_a_results_cached_tokens_round_trip_and_never_exceed_its_prompt_tokens():
+    result = ResultMessage(sender="a", request_id="r", layer=2, task_id="t" * 16, text="x", prompt_tokens=300,
+                           cached_tokens=128)
+    assert decode_internal(encode(result)) == result
+    data = json.loads(encode(result))
+    for cached, prompt in ((301, 300), (5, None), (-1, 300)):
+        data["cached_tokens"], data["prompt_tokens"] = cached, prompt
+        with pytest.raises(ProtocolError, match="cached_tokens"):
+            decode_internal(json.dumps(data).encode())
